@@ -1,0 +1,317 @@
+"""The capture role: decode one source, stamp every frame, send crops to workers.
+
+Per frame: decode → stamp (stream, seq, pts, wall ts) → crop to the model input with the
+accuracy preprocessing → ``task`` to a worker, and the stamp (plus the full image when video
+is written) to the sink. Crops are ~150 KB, so worker links stay light, and the full frame
+goes straight to the sink, so a dead worker costs a label, never an output frame.
+
+Tasks go out through a credit-based :class:`~stream.dispatch.Dispatcher`: only to a worker
+with room, and capture remembers what each worker holds. Back-pressure is a per-source
+policy (STYLE.md habit 6):
+
+    wait  (default for files/folders)  wait until a worker has room: lossless. Frames held
+                                       by a worker that dies are re-sent to another one.
+    drop  (default for cameras/RTSP)   never wait: if no worker has room the frame is
+                                       counted as dropped with reason ``busy`` and capture
+                                       goes straight back to the source (invariant 3);
+                                       frames of a dead worker are dropped as ``worker_lost``.
+
+Every issued seq reaches the sink as a ``frame`` (and, if not sent to a worker, a ``drop``
+naming why), and the stream always ends with an ``eos`` carrying the number of seqs issued,
+so the sink can account for every frame (invariant 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from stream import transport
+from stream.config import StreamConfig, connect_endpoint
+from stream.dispatch import Dispatcher, router_socket
+from stream.errors import ConfigError, SourceError
+from stream.preprocess import center_crop_resize, plan_crop
+from stream.protocol import Drop, Eos, Frame, Hello, Message, Status, Task
+from stream.sources import FrameSource, ImageFolderSource, OpenCVSource, SourceInfo, redact_url
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """How one capture behaves; built from a SourceConfig by :meth:`Capture.from_config`."""
+
+    stream: str
+    url: str
+    kind: str  # file | rtsp | camera | images
+    policy: str  # wait | drop
+    loop: bool = False
+    realtime: bool = False
+    fps_cap: float | None = None
+    send_images: bool = False
+    input_size: tuple[int, int] = (224, 224)  # (width, height) of the model input
+
+    @property
+    def live(self) -> bool:
+        return self.kind in ("rtsp", "camera") or self.realtime
+
+
+class Capture:
+    """Runs one source until it ends or ``stop`` is set; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: CaptureSettings,
+        source: FrameSource,
+        tasks: zmq.Socket[bytes],
+        to_sink: zmq.Socket[bytes],
+        stop: threading.Event,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.s = settings
+        self.source = source
+        self.dispatch = Dispatcher(tasks)
+        self.to_sink = to_sink
+        self.stop = stop
+        self.clock = clock
+        self.seq = 0
+        self.counters: Counter[str] = Counter()
+        self.shown_url = redact_url(settings.url)
+
+    @staticmethod
+    def make_source(settings: CaptureSettings, rtsp_transport: str = "tcp",
+                    fps: float | None = None) -> FrameSource:
+        """The FrameSource for a kind of URL."""
+        if settings.kind == "images":
+            return ImageFolderSource(settings.url, fps or 25.0)
+        return OpenCVSource(settings.url, settings.kind, rtsp_transport=rtsp_transport)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _send(self, sock: zmq.Socket[bytes], msg: Message, *, block: bool,
+              timeout_s: float | None = None) -> bool:
+        """Send; with ``block`` wait for room (until stop/timeout). False if not sent."""
+        if not block:
+            try:
+                transport.send(sock, msg, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                return False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            try:
+                transport.send(sock, msg, zmq.NOBLOCK)
+                return True
+            except zmq.Again:
+                pass
+            if self.stop.is_set() or (deadline is not None and time.monotonic() > deadline):
+                return False
+            sock.poll(100, zmq.POLLOUT)
+
+    def _to_sink(self, msg: Message) -> None:
+        # The sink is one process fed by every capture: for a live source wait briefly at
+        # most (a stuck sink must not stall capture); for a file wait as long as it takes.
+        timeout = 0.05 if self.s.live else None
+        if not self._send(self.to_sink, msg, block=True, timeout_s=timeout):
+            self.counters["sink_busy"] += 1
+
+    def _status(self, state: str, message: str = "") -> None:
+        log.info("%s %s %s", self.s.stream, state, message)
+        self._to_sink(Status(self.s.stream, state, self.clock(), message, dict(self.counters)))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def _open(self) -> SourceInfo | None:
+        """Open the source; for live sources retry with capped exponential backoff."""
+        delay = BACKOFF_START_S
+        while not self.stop.is_set():
+            self._status("connecting", self.shown_url)
+            try:
+                return self.source.open()
+            except SourceError as exc:
+                if not self.s.live:
+                    raise
+                self.counters["reconnects"] += 1
+                self._status("reconnecting", f"{exc}; retrying in {delay:.1f} s")
+                self.stop.wait(delay)
+                delay = min(delay * 2, BACKOFF_CAP_S)
+        return None
+
+    def run(self) -> int:
+        """Capture until the source ends (files) or stop is set; always sends ``eos``."""
+        reason, message, code = "end", "", 0
+        try:
+            reason, message = self._run()
+        except SourceError as exc:
+            reason, message, code = "error", str(exc), 2
+            log.error("%s: %s", self.s.stream, exc)
+        finally:
+            self.source.close()
+            # Lossless sources wait for their last frames; live ones only briefly.
+            self.drain(None if self.s.policy == "wait" else 2.0)
+            self._status("ended", f"{reason} {message}".strip())
+            self._send(self.to_sink, Eos(self.s.stream, self.seq, reason, message),
+                       block=True, timeout_s=5.0)
+            log.info("%s: %d frames captured (%s)", self.s.stream, self.seq,
+                     ", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())) or "no drops")
+        return code
+
+    def _run(self) -> tuple[str, str]:
+        info = self._open()
+        if info is None:
+            return "shutdown", ""
+        self._to_sink(Hello(self.s.stream, self.s.kind, info.fps, info.width, info.height,
+                            None if self.s.loop else info.total_frames, self.shown_url,
+                            self.s.policy))
+        self._status("streaming", f"{info.width}x{info.height} @ {info.fps:.2f} fps")
+        out_w, out_h = self.s.input_size
+        plan = plan_crop(max(info.width, 1), max(info.height, 1), out_w, out_h)
+        pace = 1.0 / self.s.fps_cap if self.s.fps_cap else (
+            1.0 / info.fps if self.s.realtime else 0.0)
+        t0 = time.monotonic()
+        next_due = t0
+        while not self.stop.is_set():
+            got = self.source.read()
+            if got is None:
+                if self.s.kind in ("file", "images"):
+                    if self.s.loop:
+                        self.source.open()  # re-open from the first frame
+                        continue
+                    return "end", ""
+                self._status("reconnecting", "no frame from the source")
+                info2 = self._open()
+                if info2 is None:
+                    return "shutdown", ""
+                self._status("streaming", "reconnected")
+                continue
+            frame, pts = got
+            if pace:
+                now = time.monotonic()
+                if now < next_due and self.stop.wait(next_due - now):
+                    break
+                next_due = max(next_due + pace, time.monotonic() - pace)
+            self._one(frame, pts, plan)
+        return "shutdown", ""
+
+    def _one(self, frame: np.ndarray, pts: float | None, plan: Any) -> None:
+        seq = self.seq
+        self.seq += 1
+        ts = self.clock()
+        h, w = frame.shape[:2]
+        if (w, h) != (plan.src_w, plan.src_h):
+            plan = plan_crop(w, h, plan.out_w, plan.out_h)
+        crop = center_crop_resize(frame, (plan.out_w, plan.out_h), plan)
+        task = Task(self.s.stream, seq, pts, ts, crop.shape[0], crop.shape[1], crop.tobytes())
+        sent = self._dispatch(task)
+        image = np.ascontiguousarray(frame).data if self.s.send_images else None
+        self._to_sink(Frame(self.s.stream, seq, pts, ts, w, h, image))
+        if not sent:
+            self._drop(task, "shutdown" if self.stop.is_set() else "busy")
+
+    def _drop(self, task: Task, why: str) -> None:
+        self.counters[why] += 1
+        self._to_sink(Drop(self.s.stream, task.seq, task.pts, task.ts, why))
+
+    def _dispatch(self, task: Task) -> bool:
+        """Hand a task to a worker according to the policy; False if it was not sent."""
+        self._recover()
+        if self.s.policy != "wait":
+            self.dispatch.poll(0)
+            return self.dispatch.try_send(task)
+        waited_since = time.monotonic()
+        last_note = waited_since
+        while not self.stop.is_set():
+            self.dispatch.poll(0)
+            if self.dispatch.try_send(task):
+                return True
+            self._recover()
+            self.dispatch.poll(100)
+            if time.monotonic() - last_note > 10.0:
+                last_note = time.monotonic()
+                log.warning("%s: no worker has taken a frame for %.0f s (workers known: %d); "
+                            "is a worker running and connected to this capture?",
+                            self.s.stream, last_note - waited_since,
+                            len(self.dispatch.workers))
+        return False
+
+    def _recover(self) -> None:
+        """Frames of workers that left or died: re-send (wait policy) or drop them."""
+        lost = self.dispatch.take_lost()
+        for task in lost:
+            if self.s.policy == "wait" and not self.stop.is_set():
+                self.counters["resent"] += 1
+                # Refresh the sink's clock for this seq, so its reorder timeout restarts.
+                self._to_sink(Frame(task.stream, task.seq, task.pts, task.ts, task.width,
+                                    task.height, None))
+                if not self._dispatch(task):
+                    self._drop(task, "shutdown")
+            else:
+                self._drop(task, "worker_lost")
+
+    def drain(self, timeout_s: float | None) -> None:
+        """At the end of a stream: wait until workers finished (or lost) every frame."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.dispatch.inflight and not self.stop.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            self.dispatch.poll(100)
+            self._recover()
+
+
+def model_input_size(model_path: str) -> tuple[int, int]:
+    """(width, height) of the IR's image input, read from the IR itself."""
+    import openvino as ov
+
+    from stream.model.runtime import inspect_classifier
+
+    _, info = inspect_classifier(ov.Core(), model_path)
+    return info.width, info.height
+
+
+def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
+                sink_host: str | None = None) -> int:
+    """Wire and run the capture of one configured source (``stream capture``).
+
+    Args:
+        cfg: the deployment config; ``source_id`` picks the source.
+        sink_host: connect to the sink on this host instead of the configured one.
+    Raises:
+        ConfigError: no source with that id, or an endpoint cannot be bound/connected.
+    """
+    index = next((i for i, s in enumerate(cfg.sources) if s.id == source_id), None)
+    if index is None:
+        ids = ", ".join(s.id for s in cfg.sources)
+        raise ConfigError(f"no source {source_id!r} in the config (sources: {ids})")
+    src = cfg.sources[index]
+    settings = CaptureSettings(
+        stream=src.id, url=src.url, kind=src.resolved_kind(), policy=src.resolved_policy(),
+        loop=src.loop, realtime=src.realtime,
+        fps_cap=src.fps if src.resolved_kind() in ("rtsp", "camera") else None,
+        send_images=cfg.sink.output_dir is not None,
+        input_size=model_input_size(cfg.model.path),
+    )
+    source = Capture.make_source(settings, src.rtsp_transport, src.fps)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        tasks = router_socket(ctx)
+        transport.bind(tasks, cfg.transport.frames_endpoint(index), "frames")
+        to_sink = transport.push_socket(ctx, hwm=max(64, cfg.transport.hwm))
+        transport.connect(to_sink, connect_endpoint(cfg.transport.sink, sink_host), "sink")
+        try:
+            return Capture(settings, source, tasks, to_sink, stop).run()
+        finally:
+            tasks.close(linger=0)
+            to_sink.close(linger=2000)
+    finally:
+        ctx.term()

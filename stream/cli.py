@@ -1,0 +1,275 @@
+"""The ``stream`` command: subcommands only — parse, call, map errors to exit codes.
+
+Exit codes: 0 success, 1 runtime failure, 2 a user error (bad config, source or model: the
+message says what to do), 130 interrupted before anything ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stream import __version__
+from stream.errors import ConfigError, StreamError
+
+log = logging.getLogger("stream")
+
+DEFAULT_EVENTS = "tcp://127.0.0.1:5560"
+
+EPILOG = """\
+examples:
+  stream demo                              build the default model, make a sample clip, run it
+  stream run --source video.mp4 --output out/
+  stream run --source rtsp://user:pass@10.0.0.5/stream1 --workers 2
+  stream run configs/file.yaml             a whole deployment from one YAML file
+  stream subscribe --stream video          print label events as they happen
+  stream validate configs/rtsp-cameras.yaml
+  stream model build                       the convnext-tiny IR (generated weights)
+  stream model build --weights convnext_tiny_1k_224_ema.pth   (real weights)
+
+roles (for spreading one deployment over several machines):
+  stream sink CONFIG | stream worker CONFIG --connect HOST | stream capture CONFIG --source ID
+"""
+
+
+def _load(path: str) -> Any:
+    """A config from a YAML file, or from stdin when the path is ``-`` (used by `run`)."""
+    from stream.config import config_from_dict, load_config
+
+    if path == "-":
+        import json
+
+        return config_from_dict(json.loads(sys.stdin.read()), "<stdin>")
+    return load_config(path)
+
+
+def _source_id(url: str, i: int, taken: set[str]) -> str:
+    """A readable, unique stream id for a ``--source`` given on the command line."""
+    from stream.sources import camera_index
+
+    if camera_index(url) is not None or "://" in url:
+        base = f"cam{i}"
+    else:
+        p = Path(url)
+        base = re.sub(r"[^A-Za-z0-9_.-]", "_", p.stem if p.suffix else p.name)[:48] or f"s{i}"
+        if not base[0].isalnum():
+            base = f"s{base}"
+    sid, n = base, 1
+    while sid.lower() in taken:
+        n += 1
+        sid = f"{base}-{n}"
+    taken.add(sid.lower())
+    return sid
+
+
+def _config_for_run(args: argparse.Namespace) -> Any:
+    """The deployment config of ``stream run``: a YAML file and/or ``--source`` flags."""
+    from stream.config import config_from_dict, load_config
+
+    if args.config and args.source:
+        raise ConfigError("give either a CONFIG file or --source flags, not both")
+    if args.config:
+        cfg = load_config(args.config)
+        data = cfg.model_dump()
+    elif args.source:
+        taken: set[str] = set()
+        data = {"sources": [{"id": _source_id(u, i, taken), "url": u}
+                            for i, u in enumerate(args.source)]}
+    else:
+        raise ConfigError("nothing to run: give a CONFIG file or --source URL_OR_PATH "
+                          "(try `stream demo` for a first run)")
+    if args.workers is not None:
+        data.setdefault("workers", {})["count"] = args.workers
+    if args.output is not None:
+        data.setdefault("sink", {})["output_dir"] = args.output
+    if args.events is not None:
+        data.setdefault("sink", {})["events"] = args.events
+    if args.model is not None:
+        data.setdefault("model", {})["path"] = args.model
+    if args.device is not None:
+        data.setdefault("model", {})["device"] = args.device
+    return config_from_dict(data, args.config or "command line")
+
+
+def _prepare_model(cfg: Any) -> None:
+    """Build the default IR on first use; any other missing model is the user's to fix."""
+    from stream.errors import ModelError
+    from stream.model.builder import DEFAULT_OUTPUT, ensure_default_model
+
+    path = Path(cfg.model.path)
+    if path.exists():
+        return
+    if path == DEFAULT_OUTPUT or path.resolve() == DEFAULT_OUTPUT.resolve():
+        print(f"building the default model at {path} (first use; takes a few seconds)",
+              file=sys.stderr)
+        ensure_default_model(path)
+        return
+    raise ModelError(f"no model at {path}: build one with `stream model build --output "
+                     f"{path}` or give the path of an existing IR .xml with --model")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stream.launcher import run_all
+    from stream.runtime import install_stop_handlers
+
+    cfg = _config_for_run(args)
+    _prepare_model(cfg)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    print(f"label events on {cfg.sink.events} (watch them with: stream subscribe "
+          f"--endpoint {cfg.sink.events})", file=sys.stderr)
+    if cfg.sink.output_dir:
+        print(f"videos go to {cfg.sink.output_dir}/", file=sys.stderr)
+    return run_all(cfg, stop, args.log_level)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.samples import make_sample_clip
+
+    clip = Path(args.clip)
+    if not clip.exists():
+        print(f"generating a 10 s 720p sample clip at {clip}", file=sys.stderr)
+        make_sample_clip(clip)
+    run_args = argparse.Namespace(
+        config=None, source=[str(clip)], workers=args.workers, output=args.output,
+        events=args.events, model=args.model, device=None, log_level=args.log_level)
+    return cmd_run(run_args)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from stream.capture import run_capture
+    from stream.runtime import install_stop_handlers
+
+    cfg = _load(args.config)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return run_capture(cfg, args.source, stop, args.connect)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.runtime import install_stop_handlers
+    from stream.worker import run_worker
+
+    cfg = _load(args.config)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return run_worker(cfg, stop, args.connect, args.name)
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    from stream.runtime import install_stop_handlers
+    from stream.sink import run_sink
+
+    cfg = _load(args.config)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return run_sink(cfg, stop, run_forever=args.forever)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from stream.config import describe, dump_config
+
+    cfg = _load(args.config)
+    print(dump_config(cfg) if args.print else f"{args.config}: OK\n{describe(cfg)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stream.events import add_subscribe_parser
+    from stream.model.cli import add_model_parser
+
+    parser = argparse.ArgumentParser(
+        prog="stream",
+        description="Classify every frame of your cameras and videos with OpenVINO: "
+                    "capture → workers → sink over ZeroMQ, on one machine or many.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"stream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def role_parser(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        return p
+
+    run = role_parser("run", "run a whole deployment on this machine")
+    run.add_argument("config", nargs="?", help="deployment YAML (see configs/)")
+    run.add_argument("--source", action="append", metavar="URL_OR_PATH",
+                     help="video file, rtsp:// URL, camera index or /dev/videoN, image folder; "
+                          "repeat for several streams")
+    run.add_argument("--workers", type=int, metavar="N", help="local inference workers")
+    run.add_argument("--output", metavar="DIR",
+                     help="write one labelled video per stream here (default: no video)")
+    run.add_argument("--events", metavar="ENDPOINT",
+                     help=f"ZMQ PUB endpoint for label events (default {DEFAULT_EVENTS})")
+    run.add_argument("--model", metavar="PATH.xml",
+                     help="classification IR (default models/convnext-tiny.xml, built on "
+                          "first use)")
+    run.add_argument("--device", help="OpenVINO device: CPU (default), GPU, NPU, AUTO, ...")
+    run.set_defaults(func=cmd_run)
+    run.epilog = ("examples:\n  stream run --source clip.mp4 --output out/\n"
+                  "  stream run --source rtsp://${USER}:${PASS}@cam/1 --source 0 --workers 2\n"
+                  "  stream run configs/multi-worker.yaml --output out/")
+
+    demo = role_parser("demo", "the embedded default: sample clip → default model → out/")
+    demo.add_argument("--clip", default="samples/demo.mp4", help="where the sample clip goes")
+    demo.add_argument("--output", default="out", help="output videos (default out/)")
+    demo.add_argument("--workers", type=int, default=1, help="local workers (default 1)")
+    demo.add_argument("--events", default=None, help=f"events endpoint ({DEFAULT_EVENTS})")
+    demo.add_argument("--model", default=None, help="IR to use (default: convnext-tiny)")
+    demo.set_defaults(func=cmd_demo)
+
+    cap = role_parser("capture", "run the capture of one source (one process per source)")
+    cap.add_argument("config", help="deployment YAML, or - to read it from stdin")
+    cap.add_argument("--source", required=True, metavar="ID", help="which source (its id)")
+    cap.add_argument("--connect", metavar="HOST", help="the sink's host if not the config's")
+    cap.set_defaults(func=cmd_capture)
+
+    wk = role_parser("worker", "run one inference worker (any number, any machine)")
+    wk.add_argument("config", help="deployment YAML, or - to read it from stdin")
+    wk.add_argument("--connect", metavar="HOST",
+                    help="host where the captures and the sink run (default: config addresses)")
+    wk.add_argument("--name", help="worker name in logs (default host:pid)")
+    wk.set_defaults(func=cmd_worker)
+
+    sk = role_parser("sink", "run the sink: outputs, label events, accounting")
+    sk.add_argument("config", help="deployment YAML, or - to read it from stdin")
+    sk.add_argument("--forever", action="store_true",
+                    help="keep running when the configured streams end")
+    sk.set_defaults(func=cmd_sink)
+
+    val = sub.add_parser("validate", help="check a deployment YAML and summarise it")
+    val.add_argument("config")
+    val.add_argument("--print", action="store_true",
+                     help="print the full config with defaults (secrets redacted)")
+    val.set_defaults(func=cmd_validate)
+
+    add_subscribe_parser(sub)
+    add_model_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``stream`` command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from stream.runtime import setup_logging
+
+    setup_logging(args.command, getattr(args, "log_level", "INFO"))
+    try:
+        return int(args.func(args))
+    except StreamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

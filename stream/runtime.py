@@ -1,0 +1,98 @@
+"""Process lifecycle shared by every role: logging, stop flag, signal handlers, children.
+
+One recipe everywhere (STYLE.md habit 8): SIGTERM and SIGINT set a stop event that the
+role's loop polls; a parent stops its children with terminate → wait(timeout) → kill; end
+of stream is an explicit message sent in ``finally``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from stream.sources import redact_url
+
+log = logging.getLogger(__name__)
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Formats like a normal formatter, then removes credentials from any URL in the line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_url(super().format(record))
+
+
+def setup_logging(role: str, level: str | int = "INFO") -> None:
+    """Log to stderr with the role name on every line; credentials are always redacted."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _RedactingFormatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s",
+                            datefmt="%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """Make SIGTERM and SIGINT set ``stop`` (a second signal exits at once)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(130)
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def stop_process(proc: subprocess.Popen[bytes], name: str, timeout: float = 5.0) -> int | None:
+    """terminate → wait(timeout) → kill; returns the exit code (None if it never ended)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s: killing it", name, timeout)
+            proc.kill()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+    return proc.returncode
+
+
+def spawn_role(argv: Sequence[str], config_json: str, name: str) -> subprocess.Popen[bytes]:
+    """Start ``python -m stream <argv>`` with the config on its stdin (never on argv/env).
+
+    Children get their own session, so a Ctrl-C on the terminal reaches only the parent,
+    which then stops them in order (captures first, so the sink can drain).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", *argv],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(config_json.encode())
+    proc.stdin.close()
+    log.debug("started %s (pid %d)", name, proc.pid)
+    return proc
+
+
+def wait_any(procs: Sequence[subprocess.Popen[bytes]], stop: threading.Event,
+             poll_s: float = 0.1) -> None:
+    """Block until one of ``procs`` exits or ``stop`` is set."""
+    while not stop.is_set():
+        if any(p.poll() is not None for p in procs):
+            return
+        time.sleep(poll_s)

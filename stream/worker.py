@@ -1,0 +1,294 @@
+"""The worker role: stateless OpenVINO inference on crops pulled from every capture.
+
+Frames come in as raw u8 H×W×3 BGR crops (``task`` messages) and go straight into an
+``AsyncInferQueue`` as zero-copy views of the ZeroMQ buffers; PrePostProcessor inside the
+compiled model does the u8→f32 and NHWC→NCHW work. A worker tells each capture how many
+tasks it can hold (its infer requests plus one prefetch), so it never receives more than it
+can run soon; see :mod:`stream.dispatch` for the capture side of that contract.
+
+Completions arrive on OpenVINO's threads; the callback turns logits into a true softmax and
+top-k and hands a ``result`` to one sender thread, the only user of the results socket
+(ZeroMQ sockets are not thread-safe).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from stream import transport
+from stream.config import StreamConfig, connect_endpoint
+from stream.errors import ProtocolError
+from stream.protocol import Credit, Drop, Result, Task, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What a worker needs besides its sockets and compiled model."""
+
+    name: str
+    top_k: int = 5
+    send_probs: bool = True
+
+
+def default_worker_name() -> str:
+    """``host:pid``: unique across machines, readable in logs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def softmax_topk_f32(logits: np.ndarray, k: int) -> tuple[np.ndarray, list[int], list[float]]:
+    """Probabilities over all classes (f32) and the top-k ids/scores, best first."""
+    z = logits.reshape(-1).astype(np.float32, copy=True)
+    z -= z.max()
+    np.exp(z, out=z)
+    z /= z.sum()
+    k = min(k, z.size)
+    top = np.argpartition(-z, k - 1)[:k]
+    top = top[np.argsort(-z[top], kind="stable")]
+    return z, [int(i) for i in top], [float(z[i]) for i in top]
+
+
+class Worker:
+    """Pulls tasks from every capture, runs them asynchronously, pushes results.
+
+    One DEALER socket per capture carries tasks in and ``credit`` messages out (capacity,
+    finished seqs, heartbeat). The main thread owns those sockets and never blocks in
+    OpenVINO: it only starts a request when one is idle (``AsyncInferQueue.is_ready``), so
+    heartbeats keep flowing even when inference is slow. Completions are announced to it
+    over an inproc socket by the sender thread, which owns the results socket.
+    """
+
+    HEARTBEAT_S = 0.5
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        compiled: Any,
+        input_hw: tuple[int, int],
+        captures: list[zmq.Socket[bytes]],
+        results: zmq.Socket[bytes],
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        stop: threading.Event,
+        requests: int = 0,
+        prefetch: int = 1,
+    ) -> None:
+        import openvino as ov  # the OpenVINO boundary lives here and in stream.model
+
+        self.s = settings
+        self.compiled = compiled
+        self.input_hw = input_hw
+        self.captures = captures
+        self.results = results
+        self.ctx = ctx
+        self.stop = stop
+        n = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.nireq = max(1, n)
+        # Each capture may have this many tasks here: enough to keep every request busy
+        # while the next task is on its way, few enough to keep latency low.
+        self.capacity = self.nireq + prefetch
+        self.queue = ov.AsyncInferQueue(compiled, self.nireq)
+        self.queue.set_callback(self._done)
+        self.outbox: queue.SimpleQueue[tuple[int, Result] | None] = queue.SimpleQueue()
+        self.pending: deque[tuple[int, Task, Any]] = deque()
+        self.done: list[list[int]] = [[] for _ in captures]
+        self.counters: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._wake_addr = f"inproc://worker-wake-{id(self)}"
+
+    def _done(self, request: Any, userdata: tuple[int, Task, float, Any]) -> None:
+        """OpenVINO completion callback: logits → softmax/top-k → sender thread."""
+        src, task, t0, _keepalive = userdata
+        try:
+            logits = request.get_output_tensor(0).data
+            probs, ids, scores = softmax_topk_f32(logits, self.s.top_k)
+            infer_ms = (time.perf_counter() - t0) * 1000.0
+            buf = probs.tobytes() if self.s.send_probs else None
+            self.outbox.put((src, Result(task.stream, task.seq, task.ts, self.s.name,
+                                         tuple(ids), tuple(scores), infer_ms, buf)))
+        except Exception:  # never let a callback error kill the OpenVINO thread silently
+            log.exception("inference callback failed for %s #%d", task.stream, task.seq)
+            with self._lock:
+                self.counters["callback_errors"] += 1
+
+    def _sender(self) -> None:
+        wake = self.ctx.socket(zmq.PUSH)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.connect(self._wake_addr)
+        try:
+            while True:
+                item = self.outbox.get()
+                if item is None:
+                    return
+                src, res = item
+                try:
+                    transport.send(self.results, res)
+                except zmq.ZMQError as exc:
+                    log.error("cannot send result %s #%d: %s", res.stream, res.seq, exc)
+                wake.send_multipart([b"%d" % src, b"%d" % res.seq])
+        finally:
+            wake.close()
+
+    def _credit(self, i: int, bye: bool = False) -> None:
+        done, self.done[i] = self.done[i], []
+        msg = Credit(self.s.name, 0 if bye else self.capacity, tuple(done), bye)
+        try:
+            transport.send(self.captures[i], msg, zmq.NOBLOCK)
+        except zmq.Again:
+            self.done[i] = done + self.done[i]  # try again with the next heartbeat
+
+    def _take_tasks(self, i: int) -> None:
+        sock = self.captures[i]
+        h, w = self.input_hw
+        while True:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = decode([p.buffer for p in parts])
+            except ProtocolError as exc:
+                self._reject(f"malformed message: {exc}")
+                continue
+            if not isinstance(msg, Task):
+                self._reject(f"unexpected {type(msg).__name__} on a task socket")
+                continue
+            if (msg.height, msg.width) != (h, w):
+                self._reject(f"crop {msg.width}x{msg.height} from {msg.stream} does not match "
+                             f"the model input {w}x{h}: are capture and worker using the "
+                             "same model?")
+                self.done[i].append(msg.seq)
+                with contextlib.suppress(zmq.ZMQError):
+                    transport.send(self.results, Drop(msg.stream, msg.seq, msg.pts, msg.ts,
+                                                      "bad_input"))
+                continue
+            self.pending.append((i, msg, parts))
+            self.counters["received"] += 1
+
+    def _start_ready(self) -> None:
+        h, w = self.input_hw
+        while self.pending and self.queue.is_ready():
+            i, task, parts = self.pending.popleft()
+            arr = np.frombuffer(task.image, dtype=np.uint8).reshape(1, h, w, 3)
+            # share_inputs: OpenVINO reads the ZeroMQ buffer in place; `parts` stays
+            # referenced in userdata until the request completes.
+            self.queue.start_async({0: arr}, (i, task, time.perf_counter(), parts),
+                                   share_inputs=True)
+
+    def run(self) -> int:
+        """Work until ``stop`` is set; in-flight requests finish and their results go out."""
+        wake = self.ctx.socket(zmq.PULL)
+        wake.setsockopt(zmq.LINGER, 0)
+        wake.bind(self._wake_addr)
+        sender = threading.Thread(target=self._sender, name="results", daemon=True)
+        sender.start()
+        poller = zmq.Poller()
+        poller.register(wake, zmq.POLLIN)
+        for sock in self.captures:
+            poller.register(sock, zmq.POLLIN)
+        h, w = self.input_hw
+        log.info("worker %s ready: %d infer requests, capacity %d per capture, input %dx%d",
+                 self.s.name, self.nireq, self.capacity, w, h)
+        last_beat = 0.0
+        last_report = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                ready = dict(poller.poll(100))
+                if wake in ready:
+                    self._collect_done(wake)
+                for i, sock in enumerate(self.captures):
+                    if sock in ready:
+                        self._take_tasks(i)
+                self._start_ready()
+                now = time.monotonic()
+                beat = now - last_beat >= self.HEARTBEAT_S
+                for i in range(len(self.captures)):
+                    if beat or self.done[i]:
+                        self._credit(i)
+                if beat:
+                    last_beat = now
+                if now - last_report > 30:
+                    last_report = now
+                    log.info("worker %s: %s", self.s.name, dict(self.counters))
+        finally:
+            self._shutdown(wake, sender)
+        return 0
+
+    def _collect_done(self, wake: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                src, seq = wake.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.done[int(src)].append(int(seq))
+            self.counters["done"] += 1
+
+    def _shutdown(self, wake: zmq.Socket[bytes], sender: threading.Thread) -> None:
+        """Finish running requests, hand back queued tasks (bye), flush results."""
+        self.queue.wait_all()
+        self.outbox.put(None)
+        sender.join(timeout=5)
+        self._collect_done(wake)
+        # Tasks that never started are not "done": the bye tells captures to re-send them.
+        self.pending.clear()
+        for i in range(len(self.captures)):
+            self._credit(i, bye=True)
+        wake.close()
+        log.info("worker %s stopped: %s", self.s.name, dict(self.counters))
+
+    def _reject(self, why: str) -> None:
+        self.counters["rejected"] += 1
+        n = self.counters["rejected"]
+        if n <= 10 or n % 1000 == 0:
+            log.warning("rejected message #%d: %s", n, why)
+
+
+def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None,
+               name: str | None = None) -> int:
+    """Wire and run one worker (``stream worker``): connect to every capture and the sink.
+
+    Args:
+        host: the machine the captures and sink run on (None: the configured addresses).
+        name: worker name in results and logs (default ``host:pid``).
+    """
+    from stream.model.runtime import compile_classifier
+
+    m = cfg.model
+    compiled, info = compile_classifier(m.path, m.device, m.hint, m.precision, m.streams,
+                                        m.requests)
+    log.info("compiled %s on %s: inference precision %s", info.path, m.device,
+             compiled.get_property("INFERENCE_PRECISION_HINT"))
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    captures: list[zmq.Socket[bytes]] = []
+    try:
+        for ep in cfg.transport.frames_endpoints(len(cfg.sources)):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 500)
+            sock.setsockopt(zmq.SNDHWM, 1000)
+            sock.setsockopt(zmq.RCVHWM, 1000)
+            captures.append(sock)
+            transport.connect(sock, connect_endpoint(ep, host), "frames")
+        results = transport.push_socket(ctx, hwm=1000)
+        transport.connect(results, connect_endpoint(cfg.transport.sink, host), "sink")
+        try:
+            worker = Worker(WorkerSettings(name or default_worker_name(), m.top_k), compiled,
+                            (info.height, info.width), captures, results, ctx, stop, m.requests)
+            return worker.run()
+        finally:
+            results.close(linger=2000)
+    finally:
+        for sock in captures:
+            sock.close()
+        ctx.term()
