@@ -28,8 +28,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zmq
@@ -40,12 +42,26 @@ from stream.dispatch import Dispatcher, router_socket
 from stream.errors import ConfigError, SourceError
 from stream.preprocess import center_crop_resize, plan_crop
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Status, Task
-from stream.sources import FrameSource, ImageFolderSource, OpenCVSource, SourceInfo, redact_url
+from stream.sources import (
+    READ_TIMEOUT_S,
+    BackgroundSource,
+    FrameSource,
+    ImageFolderSource,
+    OpenCVSource,
+    SourceInfo,
+    redact_url,
+)
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 BACKOFF_START_S = 0.5
+"""First wait after a failed connect; doubles on every failure in a row."""
 BACKOFF_CAP_S = 30.0
+"""Longest wait between connect attempts (a camera that is off for hours)."""
+STALL_TIMEOUT_S = READ_TIMEOUT_S
+"""Watchdog: a connected live source with no frame for this long is reconnected."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,12 @@ class Capture:
         self.clock = clock
         self.seq = 0
         self.counters: Counter[str] = Counter()
+        # Seconds spent per stage (source = decode + pacing), reported at the end.
+        self.timing: dict[str, float] = dict.fromkeys(
+            ("source", "preprocess", "wait_workers", "to_sink"), 0.0)
+        self._t_end: float | None = None
         self.shown_url = redact_url(settings.url)
+        self._backoff = BACKOFF_START_S
 
     @staticmethod
     def make_source(settings: CaptureSettings, rtsp_transport: str = "tcp",
@@ -133,20 +154,47 @@ class Capture:
     # -- the loop ------------------------------------------------------------------------
 
     def _open(self) -> SourceInfo | None:
-        """Open the source; for live sources retry with capped exponential backoff."""
-        delay = BACKOFF_START_S
+        """Open the source; for live sources retry with capped exponential backoff.
+
+        Returns None when stop was set first (also while a blocking open is in progress:
+        live sources open on a helper thread, so SIGTERM never waits on FFmpeg).
+        """
+        attempt = 0
         while not self.stop.is_set():
-            self._status("connecting", self.shown_url)
+            attempt += 1
+            self._status("connecting", self.shown_url if attempt == 1
+                         else f"{self.shown_url} (attempt {attempt})")
             try:
+                if isinstance(self.source, BackgroundSource):
+                    done, info = self._wait(self.source.submit(lambda s: s.open()), None)
+                    if not done:
+                        return None
+                    return info
                 return self.source.open()
             except SourceError as exc:
                 if not self.s.live:
                     raise
-                self.counters["reconnects"] += 1
-                self._status("reconnecting", f"{exc}; retrying in {delay:.1f} s")
-                self.stop.wait(delay)
-                delay = min(delay * 2, BACKOFF_CAP_S)
+                self.counters["connect_failures"] += 1
+                self._status("reconnecting", f"{exc}; retrying in {self._backoff:.1f} s")
+                if self.stop.wait(self._backoff):
+                    break
+                self._backoff = min(self._backoff * 2, BACKOFF_CAP_S)
         return None
+
+    def _wait(self, fut: Future[T], deadline: float | None) -> tuple[bool, T | None]:
+        """Wait for a helper-thread call until it is done, stop is set or ``deadline``.
+
+        Returns ``(True, result)`` or ``(False, None)``; an abandoned call keeps running and
+        its result is dropped. Errors raised by the call are raised here.
+        """
+        while not self.stop.is_set():
+            slice_s = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
+            try:
+                return True, fut.result(max(slice_s, 0.0))
+            except FutureTimeout:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False, None
+        return False, None
 
     def run(self) -> int:
         """Capture until the source ends (files) or stop is set; always sends ``eos``."""
@@ -163,11 +211,14 @@ class Capture:
             self._status("ended", f"{reason} {message}".strip())
             self._send(self.to_sink, Eos(self.s.stream, self.seq, reason, message),
                        block=True, timeout_s=5.0)
+            log.info("%s: stage ms/frame: %s", self.s.stream, self.timing_report())
             log.info("%s: %d frames captured (%s)", self.s.stream, self.seq,
                      ", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())) or "no drops")
         return code
 
     def _run(self) -> tuple[str, str]:
+        if self.s.kind in ("rtsp", "camera"):
+            return self._run_live()
         info = self._open()
         if info is None:
             return "shutdown", ""
@@ -204,7 +255,79 @@ class Capture:
             self._one(frame, pts, plan)
         return "shutdown", ""
 
+    def _run_live(self) -> tuple[str, str]:
+        """RTSP/camera: connect, stream, and on loss or stall reconnect, until stop.
+
+        States published (``status/<stream>``): ``connecting`` before each attempt,
+        ``reconnecting`` after a failed attempt or a lost session (with the backoff),
+        ``streaming`` when the first frame of a session arrives, ``stalled`` when no frame
+        came for :data:`STALL_TIMEOUT_S` (the watchdog; capture never waits on workers, so
+        this is always the source), ``ended`` from :meth:`run`. ``seq`` keeps counting
+        across sessions; every (re)connect sends a fresh ``hello`` (the size may change).
+        """
+        if not isinstance(self.source, BackgroundSource):
+            self.source = BackgroundSource(self.source, f"capture-{self.s.stream}")
+        while True:
+            info = self._open()
+            if info is None:
+                return "shutdown", ""
+            self._to_sink(Hello(self.s.stream, self.s.kind, info.fps, info.width, info.height,
+                                None, self.shown_url, self.s.policy))
+            frames_before = self.seq
+            why = self._stream_live(info)
+            if why == "stop":
+                return "shutdown", ""
+            self.counters["reconnects"] += 1
+            if self.seq == frames_before:
+                # Opened but no frame came (a camera that hangs): back off like a failed
+                # open, or a hung camera would be hammered with reconnects.
+                wait, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_CAP_S)
+            else:
+                wait = 0.0
+            self._status("reconnecting", f"{why}; reconnecting in {wait:.1f} s")
+            if wait and self.stop.wait(wait):
+                return "shutdown", ""
+
+    def _stream_live(self, info: SourceInfo) -> str:
+        """Read one session until stop ("stop"), loss or stall (a reason to reconnect)."""
+        assert isinstance(self.source, BackgroundSource)
+        out_w, out_h = self.s.input_size
+        plan = plan_crop(max(info.width, 1), max(info.height, 1), out_w, out_h)
+        pace = 1.0 / self.s.fps_cap if self.s.fps_cap else 0.0
+        last = next_due = time.monotonic()
+        streaming = False
+        pending = self.source.submit(lambda s: s.read())
+        while True:
+            done, got = self._wait(pending, last + STALL_TIMEOUT_S)
+            if self.stop.is_set():
+                return "stop"
+            if not done:
+                self.counters["stalls"] += 1
+                self._status("stalled", f"no frame for {STALL_TIMEOUT_S:.0f} s")
+                return f"stalled: no frame for {STALL_TIMEOUT_S:.0f} s"
+            if got is None:
+                return "the source stopped sending (stream ended or connection lost)"
+            # Decode the next frame on the helper thread while this one is processed.
+            pending = self.source.submit(lambda s: s.read())
+            last = time.monotonic()
+            if not streaming:
+                streaming = True
+                self._backoff = BACKOFF_START_S
+                self._status("streaming", f"{info.width}x{info.height} @ {info.fps:.2f} fps")
+            if pace:
+                # A live source is never slowed down: frames over the cap are skipped
+                # before they get a seq (they were never captured).
+                if last < next_due:
+                    self.counters["fps_skipped"] += 1
+                    continue
+                next_due = max(next_due + pace, last - pace)
+            frame, pts = got
+            self._one(frame, pts, plan)
+
     def _one(self, frame: np.ndarray, pts: float | None, plan: Any) -> None:
+        t0 = time.perf_counter()
+        if self._t_end is not None:
+            self.timing["source"] += t0 - self._t_end  # decode (and pacing) of this frame
         seq = self.seq
         self.seq += 1
         ts = self.clock()
@@ -213,11 +336,22 @@ class Capture:
             plan = plan_crop(w, h, plan.out_w, plan.out_h)
         crop = center_crop_resize(frame, (plan.out_w, plan.out_h), plan)
         task = Task(self.s.stream, seq, pts, ts, crop.shape[0], crop.shape[1], crop.tobytes())
+        t1 = time.perf_counter()
         sent = self._dispatch(task)
+        t2 = time.perf_counter()
         image = np.ascontiguousarray(frame).data if self.s.send_images else None
         self._to_sink(Frame(self.s.stream, seq, pts, ts, w, h, image))
         if not sent:
             self._drop(task, "shutdown" if self.stop.is_set() else "busy")
+        self._t_end = time.perf_counter()
+        self.timing["preprocess"] += t1 - t0
+        self.timing["wait_workers"] += t2 - t1
+        self.timing["to_sink"] += self._t_end - t2
+
+    def timing_report(self) -> str:
+        """Mean milliseconds per frame in each stage: where a slow pipeline spends its time."""
+        n = max(1, self.seq)
+        return ", ".join(f"{k} {1000 * v / n:.1f}" for k, v in self.timing.items())
 
     def _drop(self, task: Task, why: str) -> None:
         self.counters[why] += 1

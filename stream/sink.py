@@ -98,10 +98,9 @@ class _StreamState:
         self.stream = stream
         self.next_seq = 0
         self.pending: dict[int, _Entry] = {}
-        self.max_seen = -1
-        self.blocked_since: float | None = None
         self.hello: Hello | None = None
         self.eos: Eos | None = None
+        self.eos_at = 0.0
         self.stats = StreamStats()
         self.writer: Any = None  # cv2.VideoWriter
         self.writer_size: tuple[int, int] | None = None
@@ -119,8 +118,14 @@ class _StreamState:
         e = self.pending.get(seq)
         if e is None:
             e = self.pending[seq] = _Entry(seen=now)
-            self.max_seen = max(self.max_seen, seq)
         return e
+
+    def known_since(self, seq: int) -> float | None:
+        """When the sink first learned that ``seq`` exists (a later seq or eos arrived)."""
+        times = [e.seen for s, e in self.pending.items() if s > seq]
+        if self.eos is not None and seq < self.eos.frames:
+            times.append(self.eos_at)
+        return min(times) if times else None
 
 
 class Sink:
@@ -145,6 +150,7 @@ class Sink:
         self.err = err
         self.streams: dict[str, _StreamState] = {}
         self.rejected = 0
+        self.write_s = 0.0  # time spent drawing + encoding output video
         self._last_progress = 0.0
         self._tty = settings.progress and err.isatty()
 
@@ -183,7 +189,7 @@ class Sink:
                      f", {msg.total_frames} frames" if msg.total_frames else "")
         elif isinstance(msg, Eos):
             st = self._state(msg.stream)
-            st.eos = msg
+            st.eos, st.eos_at = msg, now
             st.stats.captured = msg.frames
             if msg.reason == "error":
                 log.error("stream %s ended with an error: %s", msg.stream, msg.message)
@@ -219,12 +225,10 @@ class Sink:
                 seq = st.next_seq
                 e = st.pending.get(seq)
                 if e is None:
-                    more = st.max_seen > seq or st.eos is not None
-                    if force is None and not more:
-                        st.blocked_since = None
-                        break
-                    st.blocked_since = st.blocked_since or now
-                    if force is None and now - st.blocked_since < timeout:
+                    # A seq whose stamp never came: give up on it once a later seq (or the
+                    # eos) has been known for the timeout, so a long gap costs one timeout.
+                    since = st.known_since(seq)
+                    if force is None and (since is None or now - since < timeout):
                         break
                     self._emit_drop(st, seq, None, force or "lost")
                 elif e.drop is not None:
@@ -240,7 +244,6 @@ class Sink:
                     break
                 st.pending.pop(seq, None)
                 st.next_seq = seq + 1
-                st.blocked_since = None
 
     def _labels(self, ids: Iterable[int], scores: Iterable[float]) -> list[events.LabelEntry]:
         n = len(self.labels)
@@ -309,6 +312,15 @@ class Sink:
                note: str | None) -> None:
         if self.s.output_dir is None or frame.image is None:
             return
+        t0 = time.perf_counter()
+        try:
+            self._draw_and_encode(st, frame, labels, note)
+        finally:
+            self.write_s += time.perf_counter() - t0
+
+    def _draw_and_encode(self, st: _StreamState, frame: Frame,
+                         labels: list[tuple[str, float]], note: str | None) -> None:
+        assert frame.image is not None
         img: np.ndarray = np.frombuffer(frame.image, np.uint8).reshape(
             frame.height, frame.width, 3)
         if st.writer is None:
@@ -422,6 +434,10 @@ class Sink:
                 latency_p99_ms=s.latency(99)))
         if self.rejected:
             lines.append(f"rejected malformed messages: {self.rejected}")
+        written = sum(st.stats.written for st in self.streams.values())
+        if written:
+            log.info("draw + encode: %.1f ms/frame over %d frames",
+                     1000 * self.write_s / written, written)
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
 

@@ -4,16 +4,27 @@ Only this module opens ``cv2.VideoCapture``. A source yields decoded BGR frames 
 media timestamp; what to do when a read fails (reconnect, end, error) is the capture role's
 decision, not the source's. Credentials in URLs are redacted by :func:`redact_url` before
 anything is logged or sent on the wire (invariant 6).
+
+Live sources block inside FFmpeg: ``open`` for up to :data:`OPEN_TIMEOUT_S` (a camera that
+accepts TCP and never answers), ``read`` for up to :data:`READ_TIMEOUT_S` (a camera that
+hangs mid-stream). Both bounds are OpenCV's own ``CAP_PROP_OPEN_TIMEOUT_MSEC`` /
+``CAP_PROP_READ_TIMEOUT_MSEC`` (FFmpeg interrupt callback), checked against this OpenCV 5
+build. :class:`BackgroundSource` runs those calls on a helper thread so the capture loop
+never waits on them: it notices SIGTERM at once and measures stalls with its own clock.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -21,6 +32,14 @@ import numpy as np
 from stream.errors import SourceError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OPEN_TIMEOUT_S = 10.0
+"""Longest an RTSP/HTTP open may block (connect, DESCRIBE/SETUP, probing the codec)."""
+READ_TIMEOUT_S = 5.0
+"""Longest one read may block waiting for data; the capture's stall watchdog uses the same
+figure, so an abandoned read returns about when the watchdog gives up on it."""
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<cred>[^/@\s]+)@")
@@ -83,8 +102,8 @@ class OpenCVSource:
         kind: str,
         *,
         rtsp_transport: str = "tcp",
-        open_timeout_s: float = 10.0,
-        read_timeout_s: float = 10.0,
+        open_timeout_s: float = OPEN_TIMEOUT_S,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         self.url = url
         self.kind = kind
@@ -147,6 +166,76 @@ class OpenCVSource:
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+
+class BackgroundSource:
+    """Runs a FrameSource's blocking calls on one helper thread; the caller waits as it likes.
+
+    Calls run one at a time in the order submitted, so the wrapped source is only ever
+    touched by the helper thread (an OpenCV capture is not thread-safe) and a call submitted
+    while an abandoned one is still blocked simply runs after it. ``open``/``read``/``close``
+    keep the FrameSource contract (blocking); :meth:`submit` is the non-blocking door.
+    The helper is a daemon thread: a process that exits while FFmpeg is still blocked in a
+    call is not held up by it.
+    """
+
+    def __init__(self, inner: FrameSource, name: str = "source") -> None:
+        self.inner = inner
+        self.name = name
+        self._jobs: queue.SimpleQueue[tuple[Future[object], Callable[[], object]] | None] = (
+            queue.SimpleQueue())
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, call: Callable[[FrameSource], T]) -> Future[T]:
+        """Queue ``call(inner)`` on the helper thread; its Future holds the result or error."""
+        fut: Future[T] = Future()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, daemon=True,
+                                                name=f"{self.name}-io")
+                self._thread.start()
+            self._jobs.put((fut, lambda: call(self.inner)))  # type: ignore[arg-type]
+        return fut
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fut, fn = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the waiting caller, never lost
+                fut.set_exception(exc)
+
+    def open(self) -> SourceInfo:
+        return self.submit(lambda s: s.open()).result()
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        return self.submit(lambda s: s.read()).result()
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        """Release the source after any call in progress; wait at most ``timeout_s`` for it.
+
+        If a call is still blocked in FFmpeg the release happens when it returns, on the
+        helper thread, and the helper then exits.
+        """
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self.inner.close()
+                return
+            fut: Future[None] = Future()
+            self._jobs.put((fut, self.inner.close))  # type: ignore[arg-type]
+            self._jobs.put(None)
+            self._thread = None
+        try:
+            fut.result(timeout_s)
+        except TimeoutError:
+            log.debug("%s: a call is still blocked; the source is released when it returns",
+                      self.name)
 
 
 class ImageFolderSource:

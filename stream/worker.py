@@ -106,6 +106,7 @@ class Worker:
         self.done: list[list[int]] = [[] for _ in captures]
         self.counters: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self.infer_ms_total = 0.0
         self._wake_addr = f"inproc://worker-wake-{id(self)}"
 
     def _done(self, request: Any, userdata: tuple[int, Task, float, Any]) -> None:
@@ -115,6 +116,8 @@ class Worker:
             logits = request.get_output_tensor(0).data
             probs, ids, scores = softmax_topk_f32(logits, self.s.top_k)
             infer_ms = (time.perf_counter() - t0) * 1000.0
+            with self._lock:
+                self.infer_ms_total += infer_ms
             buf = probs.tobytes() if self.s.send_probs else None
             self.outbox.put((src, Result(task.stream, task.seq, task.ts, self.s.name,
                                          tuple(ids), tuple(scores), infer_ms, buf)))
@@ -246,7 +249,9 @@ class Worker:
         for i in range(len(self.captures)):
             self._credit(i, bye=True)
         wake.close()
-        log.info("worker %s stopped: %s", self.s.name, dict(self.counters))
+        done = max(1, self.counters["done"])
+        log.info("worker %s stopped: %s; mean request time %.1f ms", self.s.name,
+                 dict(self.counters), self.infer_ms_total / done)
 
     def _reject(self, why: str) -> None:
         self.counters["rejected"] += 1
