@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import threading
@@ -114,12 +115,43 @@ def _prepare_model(cfg: Any) -> None:
                      f"{path}` or give the path of an existing IR .xml with --model")
 
 
+def _preflight(cfg: Any) -> None:
+    """Open every file/folder source once, so a typo fails now with one clear line.
+
+    Live sources are not probed: a camera that is down at start is retried by its capture.
+    """
+    from stream.capture import Capture, CaptureSettings
+
+    for src in cfg.sources:
+        kind = src.resolved_kind()
+        if kind not in ("file", "images") or "://" in src.url:
+            continue
+        settings = CaptureSettings(stream=src.id, url=src.url, kind=kind,
+                                   policy=src.resolved_policy())
+        source = Capture.make_source(settings, src.rtsp_transport, src.fps)
+        try:
+            source.open()
+        finally:
+            source.close()
+
+
+def _check_model(cfg: Any) -> None:
+    """Refuse an IR that is not a single-image classifier before any process starts."""
+    import openvino as ov
+
+    from stream.model.runtime import inspect_classifier
+
+    inspect_classifier(ov.Core(), cfg.model.path)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stream.launcher import run_all
     from stream.runtime import install_stop_handlers
 
     cfg = _config_for_run(args)
+    _preflight(cfg)
     _prepare_model(cfg)
+    _check_model(cfg)
     stop = threading.Event()
     install_stop_handlers(stop)
     print(f"label events on {cfg.sink.events} (watch them with: stream subscribe "
@@ -258,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stream`` command."""
+    # OpenCV's own WARN lines repeat what our errors say better; users can set it back.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
