@@ -527,10 +527,14 @@ class EventPublisher:
         self.published += 1
         return True
 
-    def close(self) -> None:
-        """Close the socket at once (linger 0: queued events to slow subscribers are dropped)."""
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket; events still queued for subscribers get ``linger_ms`` to leave.
+
+        The default (0) closes at once; the sink passes a second so its final ``summary``
+        events reach subscribers that are keeping up, while a stalled one cannot hold it.
+        """
         if not self._socket.closed:
-            self._socket.close(linger=0)
+            self._socket.close(linger=linger_ms)
 
     def __enter__(self) -> EventPublisher:
         return self

@@ -465,7 +465,9 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
         try:
             with events.EventPublisher.bind(ctx, s.events) as pub:
                 log.info("label events on %s", s.events)
-                return Sink(settings, inbox, pub.publish, labels, stop).run()
+                code = Sink(settings, inbox, pub.publish, labels, stop).run()
+                pub.close(linger_ms=1000)
+                return code
         finally:
             inbox.close(linger=0)
     finally:
