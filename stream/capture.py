@@ -234,18 +234,11 @@ class Capture:
         next_due = t0
         while not self.stop.is_set():
             got = self.source.read()
-            if got is None:
-                if self.s.kind in ("file", "images"):
-                    if self.s.loop:
-                        self.source.open()  # re-open from the first frame
-                        continue
-                    return "end", ""
-                self._status("reconnecting", "no frame from the source")
-                info2 = self._open()
-                if info2 is None:
-                    return "shutdown", ""
-                self._status("streaming", "reconnected")
-                continue
+            if got is None:  # files and folders only: live sources go to _run_live
+                if self.s.loop:
+                    self.source.open()  # re-open from the first frame
+                    continue
+                return "end", ""
             frame, pts = got
             if pace:
                 now = time.monotonic()

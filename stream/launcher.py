@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
+import time
 
 from stream.config import StreamConfig
 from stream.runtime import spawn_role, stop_process
@@ -42,6 +43,10 @@ def run_all(cfg: StreamConfig, stop: threading.Event, log_level: str = "INFO") -
         for src in cfg.sources
     }
     code = 0
+    captures_done_at: float | None = None
+    # A capture killed without its eos would leave the sink waiting for ever: once every
+    # capture has exited, the sink gets its reorder timeout plus a margin to finish.
+    grace = cfg.sink.reorder_timeout_s + 5.0
     try:
         while sink.poll() is None:
             if stop.wait(0.2):
@@ -51,10 +56,18 @@ def run_all(cfg: StreamConfig, stop: threading.Event, log_level: str = "INFO") -
                           "above", [w.returncode for w in workers])
                 code = 1
                 break
+            if captures_done_at is None and all(p.poll() is not None for p in captures.values()):
+                captures_done_at = time.monotonic()
+            if captures_done_at is not None and time.monotonic() - captures_done_at > grace:
+                log.warning("the sink is still waiting %.0f s after every capture exited "
+                            "(was one killed?): stopping it", grace)
+                break
         # Captures first: each sends eos, so the sink can account for every frame.
+        # A capture's shutdown drains its in-flight frames (up to 2 s live) and sends eos
+        # (up to 5 s): give it that before killing it.
         for sid, proc in captures.items():
-            stop_process(proc, f"capture {sid}", timeout=5.0)
-        if sink.poll() is None:
+            stop_process(proc, f"capture {sid}", timeout=10.0)
+        if sink.poll() is None and captures_done_at is None:
             try:
                 sink.wait(timeout=15.0)
             except subprocess.TimeoutExpired:

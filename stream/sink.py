@@ -228,8 +228,8 @@ class Sink:
                     # A seq whose stamp never came: give up on it once a later seq (or the
                     # eos) has been known for the timeout, so a long gap costs one timeout.
                     since = st.known_since(seq)
-                    if force is None and (since is None or now - since < timeout):
-                        break
+                    if since is None or (force is None and now - since < timeout):
+                        break  # nothing later is known (no eos: the stream goes on)
                     self._emit_drop(st, seq, None, force or "lost")
                 elif e.drop is not None:
                     self._emit_drop(st, seq, e.frame, e.drop)

@@ -15,16 +15,21 @@ never waits on them: it notices SIGTERM at once and measures stalls with its own
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import queue
 import re
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -40,6 +45,13 @@ OPEN_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 5.0
 """Longest one read may block waiting for data; the capture's stall watchdog uses the same
 figure, so an abandoned read returns about when the watchdog gives up on it."""
+
+RTSP_PROBE_US = 1_000_000
+"""How long FFmpeg may read an RTSP stream to find its codec parameters (microseconds)."""
+
+EXIT_WAIT_S = 1.0
+"""At interpreter exit, how long to let a call blocked in FFmpeg finish (see _at_exit); kept
+short because a stopping capture must be gone within the launcher's 5 s grace."""
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 _CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<cred>[^/@\s]+)@")
@@ -128,8 +140,11 @@ class OpenCVSource:
             if self.kind == "rtsp":
                 # Read by OpenCV's FFmpeg backend when the capture opens; one source per
                 # capture process, so setting it process-wide is safe.
+                # analyzeduration: FFmpeg's default probe keeps a (re)connect waiting ~2 s
+                # for codec parameters that an H.264 camera's SDP/SPS gives at once;
+                # 1 s (in µs) cut our test server's open from 2.0 s to ~0.9 s.
                 os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = (
-                    f"rtsp_transport;{self.rtsp_transport}"
+                    f"rtsp_transport;{self.rtsp_transport}|analyzeduration;{RTSP_PROBE_US}"
                 )
             cap = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
@@ -168,48 +183,67 @@ class OpenCVSource:
             self._cap = None
 
 
+class _Helper:
+    """One helper thread with its own job queue; ends after a close (the sentinel)."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any], bool] | None] = (
+            queue.SimpleQueue())
+        self.idle = threading.Event()  # set while no call is running
+        self.idle.set()
+        self.closing = False
+        self.thread = threading.Thread(target=self._serve, daemon=True, name=name)
+        self.thread.start()
+        _HELPERS.add(self)
+
+    def _serve(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            fut, fn, is_close = job
+            if self.closing and not is_close:
+                fut.cancel()  # queued behind a blocked call, and nobody wants it any more
+            if not fut.set_running_or_notify_cancel():
+                continue
+            self.idle.clear()
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:  # handed to the waiting caller, never lost
+                fut.set_exception(exc)
+            finally:
+                self.idle.set()
+
+    def busy(self) -> bool:
+        """Inside a source call, or about to start one."""
+        return self.thread.is_alive() and (not self.idle.is_set() or not self.jobs.empty())
+
+
 class BackgroundSource:
-    """Runs a FrameSource's blocking calls on one helper thread; the caller waits as it likes.
+    """Runs a FrameSource's blocking calls on a helper thread; the caller waits as it likes.
 
     Calls run one at a time in the order submitted, so the wrapped source is only ever
-    touched by the helper thread (an OpenCV capture is not thread-safe) and a call submitted
-    while an abandoned one is still blocked simply runs after it. ``open``/``read``/``close``
-    keep the FrameSource contract (blocking); :meth:`submit` is the non-blocking door.
-    The helper is a daemon thread: a process that exits while FFmpeg is still blocked in a
-    call is not held up by it.
+    touched by one thread at a time (an OpenCV capture is not thread-safe), and a call
+    submitted while an abandoned one is still blocked simply runs after it.
+    ``open``/``read``/``close`` keep the FrameSource contract (blocking); :meth:`submit` is
+    the non-blocking door. The helper is a daemon thread; see :func:`_at_exit` for how the
+    process still exits cleanly while FFmpeg is blocked in a call.
     """
 
     def __init__(self, inner: FrameSource, name: str = "source") -> None:
         self.inner = inner
         self.name = name
-        self._jobs: queue.SimpleQueue[tuple[Future[object], Callable[[], object]] | None] = (
-            queue.SimpleQueue())
-        self._thread: threading.Thread | None = None
+        self._helper: _Helper | None = None
         self._lock = threading.Lock()
 
     def submit(self, call: Callable[[FrameSource], T]) -> Future[T]:
         """Queue ``call(inner)`` on the helper thread; its Future holds the result or error."""
         fut: Future[T] = Future()
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._serve, daemon=True,
-                                                name=f"{self.name}-io")
-                self._thread.start()
-            self._jobs.put((fut, lambda: call(self.inner)))  # type: ignore[arg-type]
+            if self._helper is None:
+                self._helper = _Helper(f"{self.name}-io")
+            self._helper.jobs.put((fut, lambda: call(self.inner), False))
         return fut
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            fut, fn = job
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # handed to the waiting caller, never lost
-                fut.set_exception(exc)
 
     def open(self) -> SourceInfo:
         return self.submit(lambda s: s.open()).result()
@@ -217,25 +251,56 @@ class BackgroundSource:
     def read(self) -> tuple[np.ndarray, float | None] | None:
         return self.submit(lambda s: s.read()).result()
 
-    def close(self, timeout_s: float = 1.0) -> None:
-        """Release the source after any call in progress; wait at most ``timeout_s`` for it.
+    def close(self, timeout_s: float = 0.25) -> None:
+        """Release the source after the call in progress; wait at most ``timeout_s`` for it.
 
-        If a call is still blocked in FFmpeg the release happens when it returns, on the
-        helper thread, and the helper then exits.
+        Calls queued behind a blocked one are cancelled. If a call is still blocked in
+        FFmpeg the release happens when it returns, on the helper thread, which then ends.
         """
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
+            helper, self._helper = self._helper, None
+            if helper is None:
                 self.inner.close()
                 return
             fut: Future[None] = Future()
-            self._jobs.put((fut, self.inner.close))  # type: ignore[arg-type]
-            self._jobs.put(None)
-            self._thread = None
+            helper.closing = True
+            helper.jobs.put((fut, self.inner.close, True))
+            helper.jobs.put(None)
         try:
             fut.result(timeout_s)
         except TimeoutError:
             log.debug("%s: a call is still blocked; the source is released when it returns",
                       self.name)
+
+
+# Every helper thread, while it runs (its thread keeps it alive): what _at_exit waits for.
+_HELPERS: weakref.WeakSet[_Helper] = weakref.WeakSet()
+
+
+@atexit.register
+def _at_exit() -> None:
+    """Never let the interpreter finalize while a helper thread is inside FFmpeg.
+
+    CPython ends a daemon thread that wakes up during finalization with ``pthread_exit``;
+    unwinding that through OpenCV's C++ frames calls ``std::terminate`` and the process dies
+    of SIGABRT (seen: a capture stopped while a stalled read was pending exited with -6).
+    atexit runs before that point, so wait here briefly for calls to return (a streaming
+    read does within a frame time); if one outlives EXIT_WAIT_S (a blocked open or a stalled
+    read, bounded only by OPEN_TIMEOUT_S / READ_TIMEOUT_S), end the process with
+    ``os._exit(0)`` instead (a live capture gets here only after its normal
+    shutdown, eos sent; the status is what that shutdown would have returned).
+    """
+    deadline = time.monotonic() + EXIT_WAIT_S
+    while any(h.busy() for h in list(_HELPERS)):
+        if time.monotonic() > deadline:
+            log.warning("a source call is still blocked in FFmpeg after %.0f s: exiting now",
+                        EXIT_WAIT_S)
+            logging.shutdown()
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+            os._exit(0)
+        time.sleep(0.05)  # polling a C call we cannot be notified about
 
 
 class ImageFolderSource:

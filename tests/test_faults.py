@@ -100,7 +100,7 @@ def events_at() -> Iterator[Callable[[str], EventLog]]:
         log.close()
 
 
-def summary_row(stdout: str, stream: str) -> dict[str, Any]:
+def summary_row(stdout: str, stream: str, stderr: str = "") -> dict[str, Any]:
     """The sink's summary line for a stream: captured, labelled, dropped, written, reasons."""
     for line in stdout.splitlines():
         cols = line.split()
@@ -109,7 +109,7 @@ def summary_row(stdout: str, stream: str) -> dict[str, Any]:
             return {"captured": int(cols[1]), "labelled": int(cols[2]),
                     "dropped": int(cols[3]), "written": int(cols[4]),
                     "reasons": {k: int(v) for k, v in reasons.items()}}
-    raise AssertionError(f"no summary row for {stream} in:\n{stdout}")
+    raise AssertionError(f"no summary row for {stream} in:\n{stdout}\n{stderr}")
 
 
 def count_frames(path: Path) -> int:
@@ -362,3 +362,37 @@ def test_a_subscriber_that_never_reads_does_not_slow_the_pipeline(
     # A publisher that blocked on this subscriber would stall the run outright (ratio ~0);
     # the bound leaves room for the noise of a shared 2-core machine.
     assert ratio > 0.9
+
+
+def test_capture_killed_mid_run_does_not_wedge_the_rest(
+    tmp_path: Path, oracle_model: tuple[Path, Path], free_port_base: Callable[[int], int],
+    events_at: Callable[[str], EventLog],
+) -> None:
+    """kill -9 the capture (no eos ever comes): the sink still ends with a summary and the
+    run exits, within the reorder timeout plus the launcher's grace."""
+    classes = runs_of_classes(300, seed=9)
+    clip = make_clip(tmp_path / "clip.mp4", classes, fps=25.0)
+    base = free_port_base(3)
+    xml, labels = oracle_model
+    cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
+                       reorder_timeout_s=1.0,
+                       sources=[{"id": "cam", "url": str(clip), "realtime": True}])
+    ev = events_at(f"tcp://127.0.0.1:{base}")
+    run = subprocess.Popen(stream_cmd("run", str(cfg)), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        ev.wait_for(lambda: len(ev.of("label", "cam")) >= 20, 60)
+        (victim,) = role_pids(run.pid, "capture")
+        os.kill(victim, signal.SIGKILL)
+        t0 = time.monotonic()
+        out, err = run.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 2, "a capture that died must make the run fail"
+    assert "capture failed for cam" in err
+    assert took < 1.0 + 5.0 + 15.0
+    row = summary_row(out, "cam", err)
+    assert row["labelled"] >= 20 and row["labelled"] + row["dropped"] == row["captured"]

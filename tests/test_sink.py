@@ -168,3 +168,15 @@ def test_a_long_gap_costs_one_timeout_not_one_per_missing_seq() -> None:
     sink.release(now=1.0)
     st = sink.streams["a"].stats
     assert st.dropped == {"lost": 100} and st.labelled == 1 and sink.finished()
+
+
+def test_shutdown_without_eos_ends_at_the_last_known_seq() -> None:
+    """A capture killed before its eos: forcing out must stop, not count seqs for ever."""
+    sink, _, _ = make_sink()
+    sink.handle(frame(0), now=0.0)
+    sink.handle(frame(2), now=0.0)
+    sink.handle(result(2), now=0.0)
+    sink.release(now=0.0, force="shutdown")
+    st = sink.streams["a"]
+    assert st.next_seq == 3
+    assert st.stats.labelled == 1 and st.stats.dropped == {"shutdown": 2}
