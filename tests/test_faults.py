@@ -397,3 +397,75 @@ def test_capture_killed_mid_run_does_not_wedge_the_rest(
     assert took < 1.0 + 5.0 + 15.0
     row = summary_row(out, "cam", err)
     assert row["labelled"] >= 20 and row["labelled"] + row["dropped"] == row["captured"]
+
+
+def test_sink_restart_resumes_the_flow(tmp_path: Path, oracle_model: tuple[Path, Path],
+                                       free_port_base: Callable[[int], int],
+                                       events_at: Callable[[str], EventLog]) -> None:
+    """Roles run standalone (as on several machines); kill -9 the sink mid-stream: capture
+    and worker keep going, and a new sink picks the stream up where it is."""
+    classes = runs_of_classes(500, seed=11)
+    clip = make_clip(tmp_path / "clip.mp4", classes, fps=25.0)
+    base = free_port_base(3)
+    xml, labels = oracle_model
+    cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
+                       sources=[{"id": "cam", "url": str(clip), "realtime": True}])
+    ev = events_at(f"tcp://127.0.0.1:{base}")
+    procs: dict[str, subprocess.Popen[str]] = {}
+
+    def start(name: str, *args: str) -> None:
+        procs[name] = subprocess.Popen(stream_cmd(*args), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True)
+
+    try:
+        start("sink", "sink", str(cfg), "--forever")
+        start("worker", "worker", str(cfg))
+        start("capture", "capture", str(cfg), "--source", "cam")
+        ev.wait_for(lambda: len(ev.of("label", "cam")) >= 15, 60)
+        procs["sink"].kill()
+        procs["sink"].communicate()
+        first_gone = max(e["seq"] for e in ev.of("label", "cam"))
+        time.sleep(1.0)  # the stream goes on without a sink for a while
+        assert procs["capture"].poll() is None and procs["worker"].poll() is None
+        start("sink", "sink", str(cfg), "--forever")
+        ev.wait_for(lambda: any(e["seq"] > first_gone + 10 for e in ev.of("label", "cam")),
+                    60)
+        after = [e["seq"] for e in ev.of("label", "cam") if e["seq"] > first_gone]
+        assert after == sorted(after), "the new sink must keep seq order"
+        for name in ("capture", "worker", "sink"):
+            procs[name].send_signal(signal.SIGTERM)
+        for name in ("capture", "worker", "sink"):
+            procs[name].communicate(timeout=15)
+            assert procs[name].returncode == 0, name
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
+def test_corrupt_video_is_decoded_as_far_as_it_goes(tmp_path: Path,
+                                                    oracle_model: tuple[Path, Path],
+                                                    free_port_base: Callable[[int], int]) -> None:
+    """Garbage bytes in the middle of an H.264 file: no crash, no hang, and the summary
+    still adds up for whatever the decoder could read."""
+    classes = runs_of_classes(120, seed=13)
+    clip = make_clip(tmp_path / "clip.mp4", classes)
+    data = bytearray(clip.read_bytes())
+    rng = random.Random(0)
+    start = len(data) // 3
+    for i in range(start, start + len(data) // 4, 97):
+        data[i] = rng.randrange(256)
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(bytes(data))
+    base = free_port_base(3)
+    xml, labels = oracle_model
+    cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
+                       sources=[{"id": "cam", "url": str(bad)}])
+    res = subprocess.run(stream_cmd("run", str(cfg)), capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr
+    row = summary_row(res.stdout, "cam", res.stderr)
+    assert row["captured"] > 0
+    assert row["labelled"] + row["dropped"] == row["captured"]
