@@ -29,7 +29,7 @@ examples:
   stream run --source video.mp4 --output out/
   stream run --source rtsp://user:pass@10.0.0.5/stream1 --workers 2
   stream run configs/file.yaml             a whole deployment from one YAML file
-  stream subscribe --stream video          print label events as they happen
+  stream subscribe --stream demo           print label events as they happen
   stream validate configs/rtsp-cameras.yaml
   stream model build                       the convnext-tiny IR (generated weights)
   stream model build --weights convnext_tiny_1k_224_ema.pth   (real weights)
