@@ -37,7 +37,7 @@ import numpy as np
 import zmq
 
 from stream import transport
-from stream.config import StreamConfig, connect_endpoint
+from stream.config import StreamConfig, connect_endpoint, redact_url
 from stream.dispatch import Dispatcher, router_socket
 from stream.errors import ConfigError, SourceError
 from stream.preprocess import center_crop_resize, plan_crop
@@ -49,7 +49,6 @@ from stream.sources import (
     ImageFolderSource,
     OpenCVSource,
     SourceInfo,
-    redact_url,
 )
 
 log = logging.getLogger(__name__)
@@ -141,10 +140,13 @@ class Capture:
             sock.poll(100, zmq.POLLOUT)
 
     def _to_sink(self, msg: Message) -> None:
-        # The sink is one process fed by every capture: for a live source wait briefly at
-        # most (a stuck sink must not stall capture); for a file wait as long as it takes.
-        timeout = 0.05 if self.s.live else None
-        if not self._send(self.to_sink, msg, block=True, timeout_s=timeout):
+        # The sink is one process fed by every capture: a `drop`-policy (live) source never
+        # waits for it (what the sink misses it accounts as `lost`); `wait` waits.
+        if self.s.policy == "drop":
+            sent = self._send(self.to_sink, msg, block=False)
+        else:
+            sent = self._send(self.to_sink, msg, block=True)
+        if not sent:
             self.counters["sink_busy"] += 1
 
     def _status(self, state: str, message: str = "") -> None:
@@ -204,6 +206,9 @@ class Capture:
         except SourceError as exc:
             reason, message, code = "error", str(exc), 2
             log.error("%s: %s", self.s.stream, exc)
+        except Exception as exc:  # a bug or a library error: still end the stream honestly
+            reason, message = "error", f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self.source.close()
             # Lossless sources wait for their last frames; live ones only briefly.
@@ -224,7 +229,7 @@ class Capture:
             return "shutdown", ""
         self._to_sink(Hello(self.s.stream, self.s.kind, info.fps, info.width, info.height,
                             None if self.s.loop else info.total_frames, self.shown_url,
-                            self.s.policy))
+                            self.s.policy, self.seq))
         self._status("streaming", f"{info.width}x{info.height} @ {info.fps:.2f} fps")
         out_w, out_h = self.s.input_size
         plan = plan_crop(max(info.width, 1), max(info.height, 1), out_w, out_h)
@@ -232,12 +237,16 @@ class Capture:
             1.0 / info.fps if self.s.realtime else 0.0)
         t0 = time.monotonic()
         next_due = t0
+        seq_at_open = self.seq
         while not self.stop.is_set():
             got = self.source.read()
             if got is None:  # files and folders only: live sources go to _run_live
-                if self.s.loop:
+                if self.s.loop and self.seq > seq_at_open:
                     self.source.open()  # re-open from the first frame
+                    seq_at_open = self.seq
                     continue
+                if self.s.loop:
+                    raise SourceError(f"{self.shown_url} gave no frame to loop over")
                 return "end", ""
             frame, pts = got
             if pace:
@@ -265,7 +274,7 @@ class Capture:
             if info is None:
                 return "shutdown", ""
             self._to_sink(Hello(self.s.stream, self.s.kind, info.fps, info.width, info.height,
-                                None, self.shown_url, self.s.policy))
+                                None, self.shown_url, self.s.policy, self.seq))
             frames_before = self.seq
             why = self._stream_live(info)
             if why == "stop":
@@ -433,7 +442,9 @@ def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
     try:
         tasks = router_socket(ctx)
         transport.bind(tasks, cfg.transport.frames_endpoint(index), "frames")
-        to_sink = transport.push_socket(ctx, hwm=max(64, cfg.transport.hwm))
+        # Full frames are MBs each: keep that queue short (transport.hwm); stamps are tiny.
+        to_sink = transport.push_socket(ctx, hwm=cfg.transport.hwm if settings.send_images
+                                        else 256)
         transport.connect(to_sink, connect_endpoint(cfg.transport.sink, sink_host), "sink")
         try:
             return Capture(settings, source, tasks, to_sink, stop).run()

@@ -27,7 +27,7 @@ EPILOG = """\
 examples:
   stream demo                              build the default model, make a sample clip, run it
   stream run --source video.mp4 --output out/
-  stream run --source rtsp://user:pass@10.0.0.5/stream1 --workers 2
+  stream run --source 'rtsp://${CAM_USER}:${CAM_PASS}@10.0.0.5/1' --workers 2
   stream run configs/file.yaml             a whole deployment from one YAML file
   stream subscribe --stream demo           print label events as they happen
   stream validate configs/rtsp-cameras.yaml
@@ -80,8 +80,11 @@ def _config_for_run(args: argparse.Namespace) -> Any:
         data = cfg.model_dump()
     elif args.source:
         taken: set[str] = set()
+        # `--source 'rtsp://${CAM_USER}:${CAM_PASS}@cam/1'` (quoted): expanded here, so the
+        # password is in neither the shell history nor `ps`.
+        urls = [os.path.expandvars(u) for u in args.source]
         data = {"sources": [{"id": _source_id(u, i, taken), "url": u}
-                            for i, u in enumerate(args.source)]}
+                            for i, u in enumerate(urls)]}
     else:
         raise ConfigError("nothing to run: give a CONFIG file or --source URL_OR_PATH "
                           "(try `stream demo` for a first run)")
@@ -150,6 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config_for_run(args)
     _preflight(cfg)
+    if cfg.sink.output_dir is not None:
+        from stream.sink import check_video_output
+
+        check_video_output(cfg.sink.output_dir, cfg.sink.video_format, cfg.sink.codec)
     _prepare_model(cfg)
     _check_model(cfg)
     stop = threading.Event()
@@ -174,33 +181,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_run(run_args)
 
 
-def cmd_capture(args: argparse.Namespace) -> int:
-    from stream.capture import run_capture
-    from stream.runtime import install_stop_handlers
+def _role_stop(args: argparse.Namespace) -> threading.Event:
+    """The stop event of a role: set by SIGTERM/SIGINT, and by the death of `stream run`
+    when the role was started by it (config on stdin)."""
+    from stream.runtime import install_stop_handlers, watch_parent
 
-    cfg = _load(args.config)
     stop = threading.Event()
     install_stop_handlers(stop)
+    if args.config == "-":
+        watch_parent(stop)
+    return stop
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from stream.capture import run_capture
+
+    cfg = _load(args.config)
+    stop = _role_stop(args)
     return run_capture(cfg, args.source, stop, args.connect)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from stream.runtime import install_stop_handlers
     from stream.worker import run_worker
 
     cfg = _load(args.config)
-    stop = threading.Event()
-    install_stop_handlers(stop)
+    stop = _role_stop(args)
     return run_worker(cfg, stop, args.connect, args.name)
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from stream.runtime import install_stop_handlers
     from stream.sink import run_sink
 
     cfg = _load(args.config)
-    stop = threading.Event()
-    install_stop_handlers(stop)
+    stop = _role_stop(args)
     return run_sink(cfg, stop, run_forever=args.forever)
 
 
@@ -247,7 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="OpenVINO device: CPU (default), GPU, NPU, AUTO, ...")
     run.set_defaults(func=cmd_run)
     run.epilog = ("examples:\n  stream run --source clip.mp4 --output out/\n"
-                  "  stream run --source rtsp://${USER}:${PASS}@cam/1 --source 0 --workers 2\n"
+                  "  stream run --source 'rtsp://${CAM_USER}:${CAM_PASS}@cam/1' --source 0 "
+                  "--workers 2\n"
+                  "    (single quotes: stream expands the variables, so the password stays out "
+                  "of ps)\n"
                   "  stream run configs/multi-worker.yaml --output out/")
 
     demo = role_parser("demo", "the embedded default: sample clip → default model → out/")

@@ -80,8 +80,9 @@ def redact_url(url: str) -> str:
         url: a URL, or any text that may contain URLs (a log line, an error message).
 
     Returns:
-        The text with `scheme://user:pass@` replaced by `scheme://***:***@` and a user-only
-        `scheme://user@` by `scheme://***@`. Text without credentials is returned unchanged.
+        The text with `scheme://user:pass@` replaced by `scheme://***:***@`, a user-only
+        `scheme://user@` by `scheme://***@`, and the values of query parameters such as
+        `password=`, `user=`, `token=` by `***`. Other text is returned unchanged.
     """
 
     def _hide(match: re.Match[str]) -> str:
@@ -90,7 +91,14 @@ def redact_url(url: str) -> str:
         hidden = "***:***" if ":" in match["userinfo"] else "***"
         return f"{match['scheme']}{hidden}@"
 
-    return _USERINFO.sub(_hide, url)
+    return _SECRET_PARAM.sub(r"\g<key>***", _USERINFO.sub(_hide, url))
+
+
+# `?user=..&password=..` style credentials some cameras take in the query string.
+_SECRET_PARAM = re.compile(
+    r"(?P<key>[?&;](?:user(?:name)?|pass(?:word|wd)?|pwd|token|auth|key|secret)=)[^&;#\s]*",
+    re.IGNORECASE,
+)
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -450,11 +458,16 @@ class TransportConfig(_Strict):
     )
     frames: str = Field(
         default="tcp://127.0.0.1:5570",
-        description="Capture i binds its frame PUSH socket here: tcp port + i, or ipc/inproc "
-        "address + '-i'. Workers connect to all of them.",
+        description="Capture i binds its task socket (ROUTER) here: tcp port + i, or ipc/inproc "
+        "address + '-i'. Workers connect to all of them and ask for frames (credits).",
     )
     hwm: int = Field(
-        default=4, ge=1, le=10000, description="ZMQ high-water mark of frame sockets (messages)."
+        default=16,
+        ge=1,
+        le=10000,
+        description="Full frames a capture may queue for the sink when video is written (ZMQ "
+        "high-water mark, messages); a file source waits beyond it, a live one drops. Frames "
+        "to workers need no setting: workers ask for what they can run.",
     )
 
     @field_validator("sink", "frames")

@@ -33,15 +33,19 @@ def run_all(cfg: StreamConfig, stop: threading.Event, log_level: str = "INFO") -
     cfg_json = cfg.model_dump_json()
     common = ["--log-level", log_level]
     sink = spawn_role(["sink", "-", *common], cfg_json, "sink")
-    workers = [
-        spawn_role(["worker", "-", "--name", f"worker-{i}", *common], cfg_json, f"worker-{i}")
-        for i in range(cfg.workers.count)
-    ]
-    captures = {
-        src.id: spawn_role(["capture", "-", "--source", src.id, *common], cfg_json,
-                           f"capture {src.id}")
-        for src in cfg.sources
-    }
+    workers: list[subprocess.Popen[bytes]] = []
+    captures: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for i in range(cfg.workers.count):
+            workers.append(spawn_role(["worker", "-", "--name", f"worker-{i}", *common],
+                                      cfg_json, f"worker-{i}"))
+        for src in cfg.sources:
+            captures[src.id] = spawn_role(["capture", "-", "--source", src.id, *common],
+                                          cfg_json, f"capture {src.id}")
+    except BaseException:
+        for proc in [*captures.values(), *workers, sink]:
+            stop_process(proc, "child", timeout=5.0)
+        raise
     code = 0
     captures_done_at: float | None = None
     # A capture killed without its eos would leave the sink waiting for ever: once every

@@ -55,6 +55,7 @@ class Hello:
     total_frames: int | None
     url: str  # already redacted: no credentials ever go on the wire
     policy: str
+    seq: int = 0  # the seq of the next frame (a reconnect goes on counting)
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ def encode(msg: Message) -> list[Buffer]:
         head.update(
             stream=msg.stream, kind=msg.kind, fps=float(msg.fps), width=msg.width,
             height=msg.height, total_frames=msg.total_frames, url=msg.url, policy=msg.policy,
+            seq=msg.seq,
         )
     elif isinstance(msg, Task):
         head.update(stream=msg.stream, seq=msg.seq, pts=msg.pts, ts=msg.ts,
@@ -246,7 +248,8 @@ def decode(frames: Sequence[Buffer]) -> Message:
     _no_buffer(extra, str(t))
     if t == "hello":
         return Hello(r.stream(), r.str_("kind"), r.float_("fps"), r.int_("width"),
-                     r.int_("height"), r.opt_int("total_frames"), r.str_("url"), r.str_("policy"))
+                     r.int_("height"), r.opt_int("total_frames"), r.str_("url"), r.str_("policy"),
+                     r.int_("seq"))
     if t == "drop":
         return Drop(r.stream(), r.int_("seq"), r.opt_float("pts"), r.float_("ts"), r.str_("reason"))
     if t == "eos":

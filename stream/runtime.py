@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from stream.sources import redact_url
+from stream.config import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -96,3 +96,20 @@ def wait_any(procs: Sequence[subprocess.Popen[bytes]], stop: threading.Event,
         if any(p.poll() is not None for p in procs):
             return
         time.sleep(poll_s)
+
+
+def watch_parent(stop: threading.Event, interval_s: float = 0.5) -> None:
+    """Set ``stop`` if the process that started us goes away (``stream run`` killed -9).
+
+    Children run in their own session (so a terminal Ctrl-C reaches only the parent); this
+    is what keeps them from outliving a parent that could not stop them itself.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(interval_s):
+            if os.getppid() != parent:
+                log.warning("the parent process (%d) is gone: stopping", parent)
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

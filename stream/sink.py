@@ -18,6 +18,7 @@ was given up on are counted as ``late`` and otherwise ignored.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -33,13 +34,15 @@ import zmq
 
 from stream import events, transport
 from stream.config import StreamConfig
-from stream.errors import ProtocolError
+from stream.errors import ConfigError, ProtocolError
 from stream.overlay import draw_overlay
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status, decode
 
 log = logging.getLogger(__name__)
 
 LATENCY_SAMPLES = 100_000
+MAX_AHEAD = 100_000  # a seq this far past the next one expected is refused as bogus
+SUMMARY_EVERY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,9 +90,10 @@ class StreamStats:
             return 0.0
         return (self.resolved - 1) / (self.last_t - self.first_t)
 
-    def latency(self, q: float) -> float:
+    def latency(self, q: float) -> float | None:
+        """The q-th percentile of capture → publish latency (ms); None before any label."""
         if not self.latencies_ms:
-            return 0.0
+            return None
         return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
 
 
@@ -98,9 +102,12 @@ class _StreamState:
         self.stream = stream
         self.next_seq = 0
         self.pending: dict[int, _Entry] = {}
+        self.synced = False  # next_seq set from the first stamp this sink saw
         self.hello: Hello | None = None
         self.eos: Eos | None = None
         self.eos_at = 0.0
+        self.closed = False  # writer released and final summary published
+        self.video_failed = False
         self.stats = StreamStats()
         self.writer: Any = None  # cv2.VideoWriter
         self.writer_size: tuple[int, int] | None = None
@@ -119,6 +126,18 @@ class _StreamState:
         if e is None:
             e = self.pending[seq] = _Entry(seen=now)
         return e
+
+    @property
+    def lossless(self) -> bool:
+        """A ``wait``-policy stream: capture re-sends or drops frames itself, never the sink."""
+        return self.hello is not None and self.hello.policy == "wait"
+
+    def next_known(self, seq: int) -> int | None:
+        """The first seq after ``seq`` the sink knows of (a pending entry, or the eos end)."""
+        later = [s for s in self.pending if s > seq]
+        if later:
+            return min(later)
+        return self.eos.frames if self.eos is not None and seq < self.eos.frames else None
 
     def known_since(self, seq: int) -> float | None:
         """When the sink first learned that ``seq`` exists (a later seq or eos arrived)."""
@@ -151,6 +170,7 @@ class Sink:
         self.streams: dict[str, _StreamState] = {}
         self.rejected = 0
         self.write_s = 0.0  # time spent drawing + encoding output video
+        self._last_summary = time.monotonic()
         self._last_progress = 0.0
         self._tty = settings.progress and err.isatty()
 
@@ -166,6 +186,15 @@ class Sink:
         """Fold one message into the per-stream tables (no output happens here)."""
         if isinstance(msg, (Frame, Result, Drop)):
             st = self._state(msg.stream)
+            if not st.synced and not isinstance(msg, Result):
+                # A sink (re)started mid-stream begins where the stream is, instead of
+                # declaring every earlier seq lost.
+                st.synced = True
+                st.next_seq = min([msg.seq, *st.pending])
+            if msg.seq > st.next_seq + MAX_AHEAD:
+                self._reject(f"{msg.stream} seq {msg.seq} is more than {MAX_AHEAD} ahead of "
+                             f"{st.next_seq}: another deployment on this port?")
+                return
             if msg.seq < st.next_seq:
                 if isinstance(msg, Result):
                     st.stats.late += 1
@@ -184,6 +213,9 @@ class Sink:
         elif isinstance(msg, Hello):
             st = self._state(msg.stream)
             st.hello = msg
+            if not st.synced:
+                st.synced = True
+                st.next_seq = min([msg.seq, *st.pending])
             log.info("stream %s: %s %s %dx%d @ %.2f fps%s", msg.stream, msg.kind, msg.url,
                      msg.width, msg.height, msg.fps,
                      f", {msg.total_frames} frames" if msg.total_frames else "")
@@ -209,11 +241,14 @@ class Sink:
             try:
                 msg = decode([p.buffer for p in parts])
             except ProtocolError as exc:
-                self.rejected += 1
-                if self.rejected <= 10 or self.rejected % 1000 == 0:
-                    log.warning("rejected message #%d: %s", self.rejected, exc)
+                self._reject(str(exc))
                 continue
             self.handle(msg, now)
+
+    def _reject(self, why: str) -> None:
+        self.rejected += 1
+        if self.rejected <= 10 or self.rejected % 1000 == 0:
+            log.warning("rejected message #%d: %s", self.rejected, why)
 
     # -- output --------------------------------------------------------------------------
 
@@ -225,17 +260,23 @@ class Sink:
                 seq = st.next_seq
                 e = st.pending.get(seq)
                 if e is None:
-                    # A seq whose stamp never came: give up on it once a later seq (or the
-                    # eos) has been known for the timeout, so a long gap costs one timeout.
-                    since = st.known_since(seq)
-                    if since is None or (force is None and now - since < timeout):
+                    # Seqs whose stamps never came: give up on the whole gap at once, when a
+                    # later seq (or the eos) has been known for the timeout.
+                    since, nxt = st.known_since(seq), st.next_known(seq)
+                    if since is None or nxt is None or (force is None and now - since < timeout):
                         break  # nothing later is known (no eos: the stream goes on)
-                    self._emit_drop(st, seq, None, force or "lost")
-                elif e.drop is not None:
+                    st.stats.dropped[force or "lost"] += nxt - seq
+                    self._tick(st)
+                    st.next_seq = nxt
+                    continue
+                if e.drop is not None:
                     self._emit_drop(st, seq, e.frame, e.drop)
                 elif e.result is not None and e.frame is not None:
                     self._emit_label(st, e.frame, e.result)
-                elif force is not None or now - e.seen >= timeout:
+                elif force is not None or (now - e.seen >= timeout and not
+                                           (st.lossless and e.result is None)):
+                    # (A lossless stream's capture re-sends a lost worker's frames and
+                    # drops them itself if it must: the sink never gives up on one.)
                     if e.result is not None:  # the label came but the stamp was lost
                         self._emit_label(st, None, e.result)
                     else:
@@ -244,6 +285,16 @@ class Sink:
                     break
                 st.pending.pop(seq, None)
                 st.next_seq = seq + 1
+            if st.done and not st.closed:
+                self._close_stream(st)
+
+    def _close_stream(self, st: _StreamState) -> None:
+        """A drained stream: finish its video file (so it plays now) and publish its summary."""
+        st.closed = True
+        if st.writer is not None:
+            st.writer.release()
+            st.writer = None
+        self._publish_summary(st)
 
     def _labels(self, ids: Iterable[int], scores: Iterable[float]) -> list[events.LabelEntry]:
         n = len(self.labels)
@@ -312,9 +363,17 @@ class Sink:
                note: str | None) -> None:
         if self.s.output_dir is None or frame.image is None:
             return
+        if st.video_failed:
+            return
         t0 = time.perf_counter()
         try:
             self._draw_and_encode(st, frame, labels, note)
+        except (OSError, cv2.error) as exc:
+            # A full disk or a codec that refuses this size must not stop the labels.
+            st.video_failed = True
+            log.error("stream %s: video output stopped: %s", st.stream, exc)
+            self.publish(events.status_event(stream=st.stream, state="video_failed",
+                                             message=str(exc)))
         finally:
             self.write_s += time.perf_counter() - t0
 
@@ -369,6 +428,7 @@ class Sink:
                 now = time.monotonic()
                 self.release(now)
                 self._progress(now)
+                self.periodic_summaries(now)
             if self.stop.is_set():
                 deadline = time.monotonic() + drain_s
                 while time.monotonic() < deadline and not self._all_ended_and_drained():
@@ -412,6 +472,23 @@ class Sink:
             self.err.write(line + "\n")
         self.err.flush()
 
+    def _publish_summary(self, st: _StreamState) -> None:
+        s = st.stats
+        captured = s.captured if s.captured is not None else s.resolved
+        self.publish(events.summary_event(
+            stream=st.stream, ts=time.time(), captured=captured, labelled=s.labelled,
+            dropped=dict(s.dropped), fps=s.fps(), latency_p50_ms=s.latency(50),
+            latency_p99_ms=s.latency(99)))
+
+    def periodic_summaries(self, now: float) -> None:
+        """Running totals every SUMMARY_EVERY_S for live and long streams."""
+        if now - self._last_summary < SUMMARY_EVERY_S:
+            return
+        self._last_summary = now
+        for st in self.streams.values():
+            if not st.closed:
+                self._publish_summary(st)
+
     def summary(self) -> None:
         """Print the per-stream table and publish one ``summary`` event per stream."""
         if not self.streams:
@@ -425,13 +502,13 @@ class Sink:
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(s.dropped.items())) or "-"
             if s.late:
                 reasons += f" (late results ignored: {s.late})"
+            p50, p99 = (f"{x:>7.0f}" if x is not None else f"{'-':>7}"
+                        for x in (s.latency(50), s.latency(99)))
             lines.append(f"{st.stream:<16} {captured:>8} {s.labelled:>8} "
                          f"{sum(s.dropped.values()):>8} {s.written:>7} {s.fps():>7.1f} "
-                         f"{s.latency(50):>7.0f} {s.latency(99):>7.0f}  {reasons}")
-            self.publish(events.summary_event(
-                stream=st.stream, ts=time.time(), captured=captured, labelled=s.labelled,
-                dropped=dict(s.dropped), fps=s.fps(), latency_p50_ms=s.latency(50),
-                latency_p99_ms=s.latency(99)))
+                         f"{p50} {p99}  {reasons}")
+            if not st.closed:
+                self._publish_summary(st)
         if self.rejected:
             lines.append(f"rejected malformed messages: {self.rejected}")
         written = sum(st.stats.written for st in self.streams.values())
@@ -440,6 +517,31 @@ class Sink:
                      1000 * self.write_s / written, written)
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
+
+
+def check_video_output(output_dir: str, video_format: str, codec: str) -> None:
+    """Fail early, with a clear message, if videos cannot be written there with that codec.
+
+    Raises:
+        ConfigError: the folder cannot be created/written, or OpenCV has no such encoder.
+    """
+    out = Path(output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the video folder {out}: {exc.strerror}") from None
+    probe = out / f".stream-probe-{os.getpid()}.{video_format}"
+    writer = cv2.VideoWriter(str(probe), cv2.VideoWriter.fourcc(*codec), 25.0, (64, 64))
+    ok = writer.isOpened()
+    if ok:
+        writer.write(np.zeros((64, 64, 3), np.uint8))
+    writer.release()
+    probe.unlink(missing_ok=True)
+    if not ok:
+        raise ConfigError(
+            f"cannot write {video_format} video with codec {codec!r} into {out} (is the folder "
+            "writable? does this OpenCV build have that encoder?): try sink.codec mp4v for "
+            "mp4, or MJPG for avi")
 
 
 def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False) -> int:
@@ -458,6 +560,8 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
         smoothing=s.smoothing, top_k=cfg.model.top_k, reorder_timeout_s=s.reorder_timeout_s,
     )
     labels = load_labels(cfg.model.labels)
+    if s.output_dir is not None:
+        check_video_output(s.output_dir, s.video_format, s.codec)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         inbox = transport.pull_socket(ctx, hwm=256)

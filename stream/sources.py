@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 import cv2
 import numpy as np
 
+from stream.config import redact_url
 from stream.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -54,22 +54,6 @@ EXIT_WAIT_S = 1.0
 short because a stopping capture must be gone within the launcher's 5 s grace."""
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-_CRED_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<cred>[^/@\s]+)@")
-
-
-def redact_url(url: str) -> str:
-    """Hide credentials: ``rtsp://user:pass@host/x`` → ``rtsp://***:***@host/x``.
-
-    Also redacts a user-only ``rtsp://user@host`` and leaves everything else alone.
-    """
-
-    def repl(m: re.Match[str]) -> str:
-        cred = m.group("cred")
-        return m.group("scheme") + ("***:***@" if ":" in cred else "***@")
-
-    return _CRED_RE.sub(repl, url)
-
-
 @dataclass(frozen=True)
 class SourceInfo:
     """What a source says about itself once open."""

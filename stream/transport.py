@@ -1,16 +1,15 @@
 """ZeroMQ socket factories: every socket gets a high-water mark, timeouts and linger.
 
-The roles talk over three kinds of links (DESIGN.md "Roles"):
+The roles talk over three kinds of links (DESIGN.md "Roles", docs/architecture.md):
 
-    capture  PUSH --bind-->  frames endpoint  <--connect-- PULL  worker   (model-sized crops)
-    capture  PUSH --connect-> sink endpoint   <--bind----- PULL  sink     (stamps, full frames)
+    capture  ROUTER --bind--> frames endpoint <--connect-- DEALER worker  (crops ⇄ credits)
+    capture  PUSH --connect-> sink endpoint   <--bind----- PULL   sink    (stamps, full frames)
     worker   PUSH --connect-> sink endpoint                                (results)
 
-Captures bind and workers connect, so workers can join and leave at run time on any machine;
-the sink binds one PULL socket that every capture and worker connects to. High-water marks
-are small on frame links so back-pressure reaches capture quickly instead of hiding frames
-in queues (that would turn into latency), and ``linger`` is bounded so a dead peer never
-keeps a process from exiting (invariant 5).
+Captures bind and workers connect, so workers can join and leave at run time on any machine
+(the credit protocol of :mod:`stream.dispatch` bounds what is in flight); the sink binds one
+PULL socket that every capture and worker connects to. ``linger`` is bounded so a dead peer
+never keeps a process from exiting (invariant 5).
 """
 
 from __future__ import annotations

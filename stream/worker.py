@@ -13,7 +13,6 @@ top-k and hands a ``result`` to one sender thread, the only user of the results 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import queue
@@ -101,7 +100,11 @@ class Worker:
         self.capacity = self.nireq + prefetch
         self.queue = ov.AsyncInferQueue(compiled, self.nireq)
         self.queue.set_callback(self._done)
-        self.outbox: queue.SimpleQueue[tuple[int, Result] | None] = queue.SimpleQueue()
+        # (capture index, seq, message to the sink or None): the sender thread's work.
+        self.outbox: queue.SimpleQueue[tuple[int, int, Result | Drop | None] | None] = (
+            queue.SimpleQueue())
+        self._closing = threading.Event()
+        self._give_up_at: float | None = None
         self.pending: deque[tuple[int, Task, Any]] = deque()
         self.done: list[list[int]] = [[] for _ in captures]
         self.counters: Counter[str] = Counter()
@@ -119,12 +122,16 @@ class Worker:
             with self._lock:
                 self.infer_ms_total += infer_ms
             buf = probs.tobytes() if self.s.send_probs else None
-            self.outbox.put((src, Result(task.stream, task.seq, task.ts, self.s.name,
-                                         tuple(ids), tuple(scores), infer_ms, buf)))
+            self.outbox.put((src, task.seq, Result(task.stream, task.seq, task.ts, self.s.name,
+                                                   tuple(ids), tuple(scores), infer_ms, buf)))
         except Exception:  # never let a callback error kill the OpenVINO thread silently
             log.exception("inference callback failed for %s #%d", task.stream, task.seq)
             with self._lock:
                 self.counters["callback_errors"] += 1
+            # Still "done" for the capture (or it would wait for this seq for ever), and a
+            # named drop for the sink.
+            self.outbox.put((src, task.seq, Drop(task.stream, task.seq, task.pts, task.ts,
+                                                 "inference_error")))
 
     def _sender(self) -> None:
         wake = self.ctx.socket(zmq.PUSH)
@@ -135,14 +142,33 @@ class Worker:
                 item = self.outbox.get()
                 if item is None:
                     return
-                src, res = item
-                try:
-                    transport.send(self.results, res)
-                except zmq.ZMQError as exc:
-                    log.error("cannot send result %s #%d: %s", res.stream, res.seq, exc)
-                wake.send_multipart([b"%d" % src, b"%d" % res.seq])
+                src, seq, msg = item
+                if msg is not None:
+                    self._deliver(msg)
+                wake.send_multipart([b"%d" % src, b"%d" % seq])
         finally:
             wake.close()
+
+    def _deliver(self, msg: Result | Drop) -> None:
+        """Send to the sink; while the sink is away, wait (credits stop flowing, so the
+        captures feel the back-pressure) but give up once the worker is closing."""
+        while True:
+            try:
+                transport.send(self.results, msg, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                pass
+            except zmq.ZMQError as exc:
+                log.error("cannot send %s #%d to the sink: %s", msg.stream, msg.seq, exc)
+                return
+            if self._closing.is_set():
+                # One 2 s grace for everything still queued, not 2 s per message.
+                self._give_up_at = self._give_up_at or time.monotonic() + 2.0
+                if time.monotonic() > self._give_up_at:
+                    with self._lock:
+                        self.counters["undelivered"] += 1
+                    return
+            self.results.poll(100, zmq.POLLOUT)
 
     def _credit(self, i: int, bye: bool = False) -> None:
         done, self.done[i] = self.done[i], []
@@ -172,10 +198,10 @@ class Worker:
                 self._reject(f"crop {msg.width}x{msg.height} from {msg.stream} does not match "
                              f"the model input {w}x{h}: are capture and worker using the "
                              "same model?")
-                self.done[i].append(msg.seq)
-                with contextlib.suppress(zmq.ZMQError):
-                    transport.send(self.results, Drop(msg.stream, msg.seq, msg.pts, msg.ts,
-                                                      "bad_input"))
+                # Done for the capture, a named drop for the sink (via the sender thread,
+                # the only user of the results socket).
+                self.outbox.put((i, msg.seq, Drop(msg.stream, msg.seq, msg.pts, msg.ts,
+                                                  "bad_input")))
                 continue
             self.pending.append((i, msg, parts))
             self.counters["received"] += 1
@@ -241,8 +267,9 @@ class Worker:
     def _shutdown(self, wake: zmq.Socket[bytes], sender: threading.Thread) -> None:
         """Finish running requests, hand back queued tasks (bye), flush results."""
         self.queue.wait_all()
+        self._closing.set()
         self.outbox.put(None)
-        sender.join(timeout=5)
+        sender.join()  # bounded: what cannot be delivered is given up after 2 s
         self._collect_done(wake)
         # Tasks that never started are not "done": the bye tells captures to re-send them.
         self.pending.clear()

@@ -272,7 +272,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.sink.events == "tcp://127.0.0.1:5560"
     assert (cfg.sink.smoothing, cfg.sink.reorder_timeout_s) == (1, 5.0)
     assert cfg.transport == TransportConfig(
-        sink="tcp://127.0.0.1:5561", frames="tcp://127.0.0.1:5570", hwm=4
+        sink="tcp://127.0.0.1:5561", frames="tcp://127.0.0.1:5570", hwm=16
     )
     src = cfg.sources[0]
     assert (src.kind, src.policy, src.loop, src.rtsp_transport) == ("auto", None, False, "tcp")

@@ -132,7 +132,7 @@ def test_worker_killed_mid_run(policy: str, tmp_path: Path, oracle_model: tuple[
     base = free_port_base(3)
     xml, labels = oracle_model
     cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
-                       workers=2, output_dir=tmp_path / "out", reorder_timeout_s=10.0,
+                       workers=2, output_dir=tmp_path / "out",
                        sources=[{"id": "cam", "url": str(clip), "realtime": True,
                                  "policy": policy}])
     ev = events_at(f"tcp://127.0.0.1:{base}")

@@ -62,7 +62,7 @@ def results(draw: st.DrawFn) -> p.Result:
 
 
 messages = st.one_of(
-    st.builds(p.Hello, stream_ids, text, num, u63, u63, st.none() | u63, text, text),
+    st.builds(p.Hello, stream_ids, text, num, u63, u63, st.none() | u63, text, text, u63),
     tasks(),
     frames_(),
     st.builds(p.Drop, stream_ids, u63, opt_num, num, text),

@@ -160,6 +160,7 @@ def test_streams_are_independent() -> None:
 
 def test_a_long_gap_costs_one_timeout_not_one_per_missing_seq() -> None:
     sink, _, _ = make_sink(reorder_timeout_s=1.0)
+    sink.handle(Hello("a", "file", 25.0, 4, 4, 101, "x.mp4", "wait", seq=0), now=0.0)
     sink.handle(frame(100), now=0.0)
     sink.handle(result(100), now=0.0)
     sink.handle(Eos("a", 101, "end"), now=0.0)
@@ -180,3 +181,48 @@ def test_shutdown_without_eos_ends_at_the_last_known_seq() -> None:
     st = sink.streams["a"]
     assert st.next_seq == 3
     assert st.stats.labelled == 1 and st.stats.dropped == {"shutdown": 2}
+
+
+def test_a_sink_started_mid_stream_begins_where_the_stream_is() -> None:
+    sink, pub, _ = make_sink()
+    sink.handle(Hello("a", "rtsp", 25.0, 4, 4, None, "rtsp://***:***@h/x", "drop", seq=5000),
+                now=0.0)
+    sink.handle(frame(5000), now=0.0)
+    sink.handle(result(5000), now=0.0)
+    sink.release(now=0.0)
+    assert [e["seq"] for e in pub.of("label")] == [5000]
+    assert sink.streams["a"].stats.dropped == {}
+
+
+def test_a_bogus_far_ahead_seq_is_refused_not_waited_for() -> None:
+    sink, pub, _ = make_sink(reorder_timeout_s=0.5)
+    sink.handle(frame(0), now=0.0)
+    sink.handle(frame(10**12), now=0.0)
+    sink.handle(result(0), now=0.0)
+    sink.release(now=10.0)
+    assert sink.rejected == 1
+    assert [e["seq"] for e in pub.of("label")] == [0]
+    assert sink.streams["a"].next_seq == 1
+
+
+def test_lossless_stream_waits_for_a_resent_frame_instead_of_dropping_it() -> None:
+    sink, pub, _ = make_sink(reorder_timeout_s=1.0)
+    sink.handle(Hello("a", "file", 25.0, 4, 4, 2, "x.mp4", "wait"), now=0.0)
+    sink.handle(frame(0), now=0.0)
+    sink.release(now=30.0)
+    assert pub.of("label") == [] and sink.streams["a"].stats.dropped == {}
+    sink.handle(result(0), now=30.0)
+    sink.release(now=30.0)
+    assert [e["seq"] for e in pub.of("label")] == [0]
+
+
+def test_a_drained_stream_publishes_its_summary_once() -> None:
+    sink, pub, _ = make_sink()
+    sink.handle(frame(0), now=0.0)
+    sink.handle(result(0), now=0.0)
+    sink.handle(Eos("a", 1, "end"), now=0.0)
+    sink.release(now=0.0)
+    sink.release(now=1.0)
+    sink.summary()
+    (summary,) = pub.of("summary")
+    assert summary["captured"] == summary["labelled"] == 1
