@@ -116,6 +116,9 @@ class _StreamState:
         self.top1: int | None = None
         self.last_labels: list[tuple[str, float]] = []
         self.fps_times: deque[float] = deque(maxlen=30)
+        self.sessions = 1  # captures of this stream seen by this sink (restarts)
+        self.first_seq = 0  # the first seq of this session this sink is responsible for
+        self.captured_before = 0  # frames of earlier sessions, all resolved
 
     @property
     def done(self) -> bool:
@@ -190,7 +193,7 @@ class Sink:
                 # A sink (re)started mid-stream begins where the stream is, instead of
                 # declaring every earlier seq lost.
                 st.synced = True
-                st.next_seq = min([msg.seq, *st.pending])
+                st.next_seq = st.first_seq = min([msg.seq, *st.pending])
             if msg.seq > st.next_seq + MAX_AHEAD:
                 self._reject(f"{msg.stream} seq {msg.seq} is more than {MAX_AHEAD} ahead of "
                              f"{st.next_seq}: another deployment on this port?")
@@ -212,22 +215,45 @@ class Sink:
                 e.drop = msg.reason
         elif isinstance(msg, Hello):
             st = self._state(msg.stream)
+            seen_up_to = max([st.next_seq, *(k + 1 for k in st.pending)])
+            if st.synced and (msg.seq < seen_up_to or st.eos is not None):
+                self._new_session(st, msg)
             st.hello = msg
             if not st.synced:
                 st.synced = True
-                st.next_seq = min([msg.seq, *st.pending])
+                st.next_seq = st.first_seq = min([msg.seq, *st.pending])
             log.info("stream %s: %s %s %dx%d @ %.2f fps%s", msg.stream, msg.kind, msg.url,
                      msg.width, msg.height, msg.fps,
                      f", {msg.total_frames} frames" if msg.total_frames else "")
         elif isinstance(msg, Eos):
             st = self._state(msg.stream)
             st.eos, st.eos_at = msg, now
-            st.stats.captured = msg.frames
+            # Seqs this sink is responsible for: from where it joined (or the session began)
+            # to the end, plus what earlier sessions of the stream captured.
+            st.stats.captured = st.captured_before + msg.frames - st.first_seq
             if msg.reason == "error":
                 log.error("stream %s ended with an error: %s", msg.stream, msg.message)
         elif isinstance(msg, Status):
             self.publish(events.status_event(stream=msg.stream, ts=msg.ts, state=msg.state,
                                              message=msg.message, counters=dict(msg.counters)))
+
+    def _new_session(self, st: _StreamState, hello: Hello) -> None:
+        """The stream's capture restarted (its seq went back, or it had ended): account for
+        what the old session left, finish its video, and start counting afresh."""
+        log.info("stream %s: capture restarted (seq %d, was at %d): new session",
+                 st.stream, hello.seq, st.next_seq)
+        self.release(time.monotonic(), force="capture_restarted")
+        if not st.closed:
+            self._close_stream(st)
+        st.sessions += 1
+        st.captured_before = st.stats.resolved
+        st.next_seq = st.first_seq = hello.seq
+        st.pending.clear()
+        st.eos, st.closed, st.video_failed = None, False, False
+        st.writer_size = None
+        st.window.clear()
+        st.window_sum = None
+        st.stats.captured = None
 
     def _receive(self, timeout_ms: int) -> None:
         if not self.inbox.poll(timeout_ms, zmq.POLLIN):
@@ -402,7 +428,9 @@ class Sink:
         assert self.s.output_dir is not None
         out = Path(self.s.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / f"{st.stream}.{self.s.video_format}"
+        # A restarted capture gets a new file, never overwriting the earlier footage.
+        suffix = "" if st.sessions == 1 else f"-{st.sessions}"
+        path = out / f"{st.stream}{suffix}.{self.s.video_format}"
         fps = st.hello.fps if st.hello is not None else 25.0
         writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*self.s.codec), fps, (w, h))
         if not writer.isOpened():

@@ -36,7 +36,8 @@ class Collector:
 
 def make_sink(**kw: Any) -> tuple[Sink, Collector, io.StringIO]:
     pub, out = Collector(), io.StringIO()
-    settings = SinkSettings(expected_streams=("a",), progress=False, **kw)
+    kw.setdefault("expected_streams", ("a",))
+    settings = SinkSettings(progress=False, **kw)
     sink = Sink(settings, inbox=None, publish=pub, labels=LABELS,  # type: ignore[arg-type]
                 stop=threading.Event(), out=out, err=io.StringIO())
     return sink, pub, out
@@ -226,3 +227,29 @@ def test_a_drained_stream_publishes_its_summary_once() -> None:
     sink.summary()
     (summary,) = pub.of("summary")
     assert summary["captured"] == summary["labelled"] == 1
+
+
+def test_a_restarted_capture_starts_a_new_session_and_totals_add_up() -> None:
+    sink, pub, _ = make_sink(expected_streams=())  # a --forever sink
+    sink.handle(Hello("a", "file", 25.0, 4, 4, 3, "x.mp4", "wait"), now=0.0)
+    for seq in range(3):
+        sink.handle(frame(seq), now=0.0)
+        sink.handle(result(seq), now=0.0)
+    sink.handle(Eos("a", 3, "shutdown"), now=0.0)
+    sink.release(now=0.0)
+    # the same stream id comes back from seq 0: a new capture session
+    sink.handle(Hello("a", "file", 25.0, 4, 4, 2, "x.mp4", "wait"), now=1.0)
+    sink.handle(frame(0), now=1.0)
+    sink.handle(result(0, cls=4), now=1.0)
+    sink.handle(frame(1), now=1.0)  # its label never comes: the capture is killed
+    sink.handle(Hello("a", "file", 25.0, 4, 4, 1, "x.mp4", "wait"), now=2.0)
+    sink.handle(frame(0), now=2.0)
+    sink.handle(result(0), now=2.0)
+    sink.handle(Eos("a", 1, "end"), now=2.0)
+    sink.release(now=2.0)
+    seqs = [e["seq"] for e in pub.of("label")]
+    assert seqs == [0, 1, 2, 0, 0]
+    st = sink.streams["a"]
+    assert st.sessions == 3
+    assert st.stats.labelled == 5 and st.stats.dropped == {"capture_restarted": 1}
+    assert st.stats.captured == 6 == st.stats.labelled + sum(st.stats.dropped.values())
