@@ -254,6 +254,15 @@ _CAMERA_URL = re.compile(r"[0-9]+|/dev/video[0-9]*")
 _URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
+def _has_host(url: str) -> bool:
+    """Whether a scheme://[userinfo@]host/... URL names a host at all (``rtsp://`` does not).
+
+    Text after the last ``@`` is taken as the host part: passwords may contain ``@``.
+    """
+    host_part = url.split("://", 1)[1].rsplit("@", 1)[-1]
+    return bool(re.split(r"[/?#]", host_part, maxsplit=1)[0])
+
+
 def _is_network_url(url: str) -> bool:
     match = _URL_SCHEME.match(url)
     return match is not None and match[1].lower() != "file"
@@ -354,6 +363,14 @@ class SourceConfig(_Strict):
                 _Problem(
                     ("url",),
                     "kind 'rtsp' needs a network URL like rtsp://host/path",
+                    self.url,
+                )
+            )
+        if _is_network_url(self.url) and not _has_host(self.url):
+            problems.append(
+                _Problem(
+                    ("url",),
+                    "the URL has no host: write it like rtsp://192.168.1.10:554/stream1",
                     self.url,
                 )
             )

@@ -136,6 +136,12 @@ BAD = [
         id="wait-on-rtsp",
     ),
     pytest.param(
+        "sources:\n  - {id: cam, url: 'rtsp://admin:hunter2@'}\n",
+        "sources[0].url: the URL has no host: write it like rtsp://192.168.1.10:554/stream1 "
+        "(got 'rtsp://***:***@')",
+        id="rtsp-url-without-host",
+    ),
+    pytest.param(
         "sources:\n  - {id: cam, url: a.mp4, kind: rtsp}\n",
         "sources[0].url: kind 'rtsp' needs a network URL like rtsp://host/path (got 'a.mp4')",
         id="rtsp-kind-without-url",

@@ -418,3 +418,38 @@ def test_validate_bad_config(tmp_path: Path) -> None:
     line = error_lines(ran.err)[0]
     assert "sources[0].polcy" in line and "'policy'" in line
 
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_image_folder_source(tmp_path: Path, oracle_model: tuple[Path, Path],
+                             event_log: Callable[[str], EventLog]) -> None:
+    """A folder of still images is a stream: file-name order, one label per image, a video
+    at the first image's size (later sizes are scaled to it)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    classes = [3, 3, 5, 1, 7, 0, 2, 2]
+    for i, c in enumerate(classes):
+        size = (320, 240) if i % 2 == 0 else (200, 300)
+        img = np.full((size[1], size[0], 3), ORACLE_COLOURS[c], np.uint8)
+        cv2.imwrite(str(folder / f"img{i:03d}.png"), img)
+    (folder / "notes.txt").write_text("not an image")
+    base = find_free_port_base(3)
+    xml, labels = oracle_model
+    cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
+                       output_dir=tmp_path / "out",
+                       sources=[{"id": "photos", "url": str(folder), "fps": 5}])
+    log = event_log(f"tcp://127.0.0.1:{base}")
+    ran = run_stream(["run", str(cfg)], cwd=tmp_path)
+    assert ran.code == 0, ran.err
+    assert log.wait_for(lambda evs: any(e["type"] == "summary" for e in evs), 10)
+    got = [e for e in log.snapshot() if e["type"] == "label"]
+    assert [e["seq"] for e in got] == list(range(len(classes)))
+    assert [e["labels"][0]["id"] for e in got] == classes
+    assert [e["pts"] for e in got] == pytest.approx([i / 5 for i in range(len(classes))])
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "photos.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 320
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    assert n == len(classes)
