@@ -102,7 +102,8 @@ def run_pipeline(clip: Path, model: str, workers: int, output: Path | None,
     cols = row.split()
     labelled, fps = int(cols[2]), float(cols[5])
     stages = [ln.split(" INFO ", 1)[1] for ln in res.stderr.splitlines()
-              if "stage ms/frame" in ln or "mean request time" in ln or "draw + encode" in ln]
+              if "stage ms/frame" in ln or "mean request time" in ln or "draw + encode" in ln
+              or "process cpu" in ln]
     return fps, labelled, f"wall {wall:.1f} s; " + " | ".join(stages)
 
 

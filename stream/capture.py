@@ -42,6 +42,7 @@ from stream.dispatch import Dispatcher, router_socket
 from stream.errors import ConfigError, SourceError
 from stream.preprocess import center_crop_resize, plan_crop
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Status, Task
+from stream.runtime import cpu_seconds
 from stream.sources import (
     READ_TIMEOUT_S,
     BackgroundSource,
@@ -216,7 +217,8 @@ class Capture:
             self._status("ended", f"{reason} {message}".strip())
             self._send(self.to_sink, Eos(self.s.stream, self.seq, reason, message),
                        block=True, timeout_s=5.0)
-            log.info("%s: stage ms/frame: %s", self.s.stream, self.timing_report())
+            log.info("%s: stage ms/frame: %s; process cpu %.1f ms/frame", self.s.stream,
+                     self.timing_report(), 1000 * cpu_seconds() / max(1, self.seq))
             log.info("%s: %d frames captured (%s)", self.s.stream, self.seq,
                      ", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())) or "no drops")
         return code

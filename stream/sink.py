@@ -37,6 +37,7 @@ from stream.config import StreamConfig
 from stream.errors import ConfigError, ProtocolError
 from stream.overlay import draw_overlay
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status, decode
+from stream.runtime import cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -539,6 +540,9 @@ class Sink:
                 self._publish_summary(st)
         if self.rejected:
             lines.append(f"rejected malformed messages: {self.rejected}")
+        resolved = sum(st.stats.resolved for st in self.streams.values())
+        log.info("sink: process cpu %.1f ms/frame over %d frames",
+                 1000 * cpu_seconds() / max(1, resolved), resolved)
         written = sum(st.stats.written for st in self.streams.values())
         if written:
             log.info("draw + encode: %.1f ms/frame over %d frames",

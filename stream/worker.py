@@ -30,6 +30,7 @@ from stream import transport
 from stream.config import StreamConfig, connect_endpoint
 from stream.errors import ProtocolError
 from stream.protocol import Credit, Drop, Result, Task, decode
+from stream.runtime import cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +278,9 @@ class Worker:
             self._credit(i, bye=True)
         wake.close()
         done = max(1, self.counters["done"])
-        log.info("worker %s stopped: %s; mean request time %.1f ms", self.s.name,
-                 dict(self.counters), self.infer_ms_total / done)
+        log.info("worker %s stopped: %s; mean request time %.1f ms; process cpu %.1f ms/frame",
+                 self.s.name, dict(self.counters), self.infer_ms_total / done,
+                 1000 * cpu_seconds() / done)
 
     def _reject(self, why: str) -> None:
         self.counters["rejected"] += 1
