@@ -25,6 +25,7 @@ import zmq
 
 from stream.errors import ProtocolError
 from stream.protocol import Credit, Task, decode, encode
+from stream.runtime import Rejections
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class Dispatcher:
         self.worker_timeout_s = worker_timeout_s
         self.clock = clock
         self.workers: dict[bytes, _WorkerState] = {}
-        self.rejected = 0
+        self._reject = Rejections(log)
         self._rr = 0
         self._lost: list[Task] = []
 
@@ -99,10 +100,10 @@ class Dispatcher:
             log.info("worker %s left", w.name)
             self._lose(ident)
 
-    def _reject(self, why: str) -> None:
-        self.rejected += 1
-        if self.rejected <= 10 or self.rejected % 1000 == 0:
-            log.warning("rejected message #%d: %s", self.rejected, why)
+    @property
+    def rejected(self) -> int:
+        """Messages from workers refused so far."""
+        return self._reject.count
 
     def _reap(self) -> None:
         now = self.clock()

@@ -120,3 +120,20 @@ def cpu_seconds() -> float:
     """CPU time (user + system, all threads) this process has used so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class Rejections:
+    """Counts messages a role refused; logs the first ten and every thousandth after.
+
+    Invariant 4: bad input is counted and reported, never fatal, and a flood of it must not
+    flood the log either.
+    """
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.count = 0
+        self._log = logger
+
+    def __call__(self, why: str) -> None:
+        self.count += 1
+        if self.count <= 10 or self.count % 1000 == 0:
+            self._log.warning("rejected message #%d: %s", self.count, why)

@@ -37,7 +37,7 @@ from stream.config import StreamConfig
 from stream.errors import ConfigError, ProtocolError
 from stream.overlay import draw_overlay
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status, decode
-from stream.runtime import cpu_seconds
+from stream.runtime import Rejections, cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class Sink:
         self.out = out
         self.err = err
         self.streams: dict[str, _StreamState] = {}
-        self.rejected = 0
+        self._reject = Rejections(log)
         self.write_s = 0.0  # time spent drawing + encoding output video
         self._last_summary = time.monotonic()
         self._last_progress = 0.0
@@ -238,6 +238,11 @@ class Sink:
             self.publish(events.status_event(stream=msg.stream, ts=msg.ts, state=msg.state,
                                              message=msg.message, counters=dict(msg.counters)))
 
+    @property
+    def rejected(self) -> int:
+        """Messages refused so far (malformed, unknown version, bogus seq)."""
+        return self._reject.count
+
     def _new_session(self, st: _StreamState, hello: Hello) -> None:
         """The stream's capture restarted (its seq went back, or it had ended): account for
         what the old session left, finish its video, and start counting afresh."""
@@ -271,11 +276,6 @@ class Sink:
                 self._reject(str(exc))
                 continue
             self.handle(msg, now)
-
-    def _reject(self, why: str) -> None:
-        self.rejected += 1
-        if self.rejected <= 10 or self.rejected % 1000 == 0:
-            log.warning("rejected message #%d: %s", self.rejected, why)
 
     # -- output --------------------------------------------------------------------------
 

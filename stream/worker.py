@@ -30,7 +30,7 @@ from stream import transport
 from stream.config import StreamConfig, connect_endpoint
 from stream.errors import ProtocolError
 from stream.protocol import Credit, Drop, Result, Task, decode
-from stream.runtime import cpu_seconds
+from stream.runtime import Rejections, cpu_seconds
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,7 @@ class Worker:
         self.pending: deque[tuple[int, Task, Any]] = deque()
         self.done: list[list[int]] = [[] for _ in captures]
         self.counters: Counter[str] = Counter()
+        self._rejections = Rejections(log)
         self._lock = threading.Lock()
         self.infer_ms_total = 0.0
         self._wake_addr = f"inproc://worker-wake-{id(self)}"
@@ -284,9 +285,7 @@ class Worker:
 
     def _reject(self, why: str) -> None:
         self.counters["rejected"] += 1
-        n = self.counters["rejected"]
-        if n <= 10 or n % 1000 == 0:
-            log.warning("rejected message #%d: %s", n, why)
+        self._rejections(why)
 
 
 def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None,
