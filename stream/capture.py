@@ -56,6 +56,44 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# A live frame that reaches capture more than this behind the camera's clock (capture fell
+# behind: CPU starved, a burst after a network hiccup) is dropped as `stale` without being
+# processed, so capture catches up instead of serving ever older frames.
+STALE_BUDGET_S = 1.0
+
+
+class LagMeter:
+    """How far behind the source's own clock frames arrive, from their media timestamps.
+
+    The reference is the earliest-arriving frame seen (lag 0): a frame whose pts says it
+    was shot t seconds after the reference but arrives t + lag seconds after it, is lag
+    seconds late. Frames without a pts are never called late.
+    """
+
+    def __init__(self) -> None:
+        self._ref: tuple[float, float] | None = None  # (pts, arrival)
+        self._last_pts: float | None = None
+
+    def update(self, pts: float | None, now: float) -> float:
+        """Record one arrival; returns its lag in seconds (>= 0)."""
+        last, self._last_pts = self._last_pts, pts
+        if pts is None:
+            return 0.0
+        if last is not None and pts <= last:
+            # Timestamps that stand still or go back (a camera without usable pts, a
+            # discontinuity): no judgement; the next frame starts over.
+            self._ref = None
+            return 0.0
+        if self._ref is None:
+            self._ref = (pts, now)
+            return 0.0
+        lag = (now - self._ref[1]) - (pts - self._ref[0])
+        if lag < 0:
+            self._ref = (pts, now)  # an earlier-than-ever arrival: the new reference
+            return 0.0
+        return lag
+
+
 BACKOFF_START_S = 0.5
 """First wait after a failed connect; doubles on every failure in a row."""
 BACKOFF_CAP_S = 30.0
@@ -300,6 +338,7 @@ class Capture:
         pace = 1.0 / self.s.fps_cap if self.s.fps_cap else 0.0
         last = next_due = time.monotonic()
         streaming = False
+        lag = LagMeter()
         pending = self.source.submit(lambda s: s.read())
         while True:
             done, got = self._wait(pending, last + STALL_TIMEOUT_S)
@@ -326,9 +365,10 @@ class Capture:
                     continue
                 next_due = max(next_due + pace, last - pace)
             frame, pts = got
-            self._one(frame, pts, plan)
+            self._one(frame, pts, plan, stale=lag.update(pts, last) > STALE_BUDGET_S)
 
-    def _one(self, frame: np.ndarray, pts: float | None, plan: Any) -> None:
+    def _one(self, frame: np.ndarray, pts: float | None, plan: Any, stale: bool = False) -> None:
+        """Stamp one decoded frame and send it on (or drop it, with a reason)."""
         t0 = time.perf_counter()
         if self._t_end is not None:
             self.timing["source"] += t0 - self._t_end  # decode (and pacing) of this frame
@@ -336,6 +376,19 @@ class Capture:
         self.seq += 1
         ts = self.clock()
         h, w = frame.shape[:2]
+        if self.s.policy == "drop":
+            # Decide before the (costly) crop: a frame no worker can take now, or one that
+            # is already older than the staleness budget, is dropped at once.
+            self._recover()
+            self.dispatch.poll(0)
+            why = "stale" if stale else ("busy" if self.dispatch.credits == 0 else None)
+            if why is not None:
+                image = np.ascontiguousarray(frame).data if self.s.send_images else None
+                self._to_sink(Frame(self.s.stream, seq, pts, ts, w, h, image))
+                self.counters[why] += 1
+                self._to_sink(Drop(self.s.stream, seq, pts, ts, why))
+                self._t_end = time.perf_counter()
+                return
         if (w, h) != (plan.src_w, plan.src_h):
             plan = plan_crop(w, h, plan.out_w, plan.out_h)
         crop = center_crop_resize(frame, (plan.out_w, plan.out_h), plan)
