@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import socket
 import subprocess
 from collections.abc import Callable, Sequence
@@ -124,6 +125,8 @@ def make_clip(
     Args:
         size: (width, height); fps: frame rate; codec: an ffmpeg encoder.
     """
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("needs ffmpeg (Debian: apt-get install ffmpeg; .ci/run installs it)")
     w, h = size
     frames = np.empty((len(classes), h, w, 3), np.uint8)
     for i, c in enumerate(classes):
