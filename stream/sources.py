@@ -53,6 +53,8 @@ EXIT_WAIT_S = 1.0
 """At interpreter exit, how long to let a call blocked in FFmpeg finish (see _at_exit); kept
 short because a stopping capture must be gone within the launcher's 5 s grace."""
 
+DECODE_THREADS = 2
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 @dataclass(frozen=True)
 class SourceInfo:
@@ -114,6 +116,9 @@ class OpenCVSource:
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms,
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms,
+            # Two decoder threads: FFmpeg's default (one per CPU, plus one) spent ~25% more
+            # CPU per 720p H.264 frame here (5.5 vs 4.4 ms), CPU the inference needs.
+            cv2.CAP_PROP_N_THREADS, DECODE_THREADS,
         ]
         if self.kind == "camera":
             dev = camera_index(self.url)
