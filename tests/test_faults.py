@@ -235,8 +235,11 @@ def test_sink_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple
     assert "Traceback" not in err
     m = re.search(r"rejected malformed messages: (\d+)", out)
     assert m and int(m.group(1)) > 5000, out
+    # Mutated messages that still decode are legitimate frames of "cam" (and a hello with
+    # seq 0 after them starts a new session), so only the accounting is exact here.
     row = summary_row(out, "cam")
-    assert row["captured"] == 1 and row["labelled"] + row["dropped"] == 1
+    assert row["labelled"] >= 1
+    assert row["labelled"] + row["dropped"] == row["captured"]
 
 
 def test_worker_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple[Path, Path],
