@@ -251,6 +251,10 @@ def test_worker_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tup
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
+    # A ROUTER silently drops what exceeds its high-water mark; the storm must not push
+    # the final valid task out of the queue: block instead.
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    router.setsockopt(zmq.SNDTIMEO, 60_000)
     router.bind(f"tcp://127.0.0.1:{base + 2}")
     inbox = ctx.socket(zmq.PULL)
     inbox.setsockopt(zmq.LINGER, 0)
