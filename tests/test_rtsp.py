@@ -92,7 +92,9 @@ def test_server_restart_labels_resume(servers: list[RtspServer], run: Any) -> No
     srv.start()
     p, log = run(srv.url)
     wait_until(lambda: len(labels(log)) >= 10, START_S, "10 label events")
-    assert log.states()[:2] == ["connecting", "streaming"]
+    # The very first `connecting` may be published before the subscriber's connection is
+    # up (PUB/SUB keeps nothing for late joiners); `streaming` comes after it, or first.
+    assert log.states()[:2] in (["connecting", "streaming"], ["streaming"])
     before = max(e["seq"] for e in labels(log))
 
     t_stop = time.monotonic()
