@@ -133,7 +133,7 @@ def test_server_down_at_start(servers: list[RtspServer], run: Any) -> None:
     assert t_label is not None
     print(f"\nlate server: first label {t_label - ready:.2f} s after the server was READY")
     states = log.states()
-    assert states[0] == "connecting" and "streaming" in states
+    assert "connecting" in states and "streaming" in states  # (the first may predate the SUB)
     assert_ended(p, log, *p.terminate())
 
 
