@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from types import FrameType
 
@@ -88,15 +87,6 @@ def spawn_role(argv: Sequence[str], config_json: str, name: str) -> subprocess.P
     proc.stdin.close()
     log.debug("started %s (pid %d)", name, proc.pid)
     return proc
-
-
-def wait_any(procs: Sequence[subprocess.Popen[bytes]], stop: threading.Event,
-             poll_s: float = 0.1) -> None:
-    """Block until one of ``procs`` exits or ``stop`` is set."""
-    while not stop.is_set():
-        if any(p.poll() is not None for p in procs):
-            return
-        time.sleep(poll_s)
 
 
 def watch_parent(stop: threading.Event, interval_s: float = 0.5) -> None:

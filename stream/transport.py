@@ -14,12 +14,10 @@ never keeps a process from exiting (invariant 5).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import zmq
 
 from stream.errors import ConfigError
-from stream.protocol import Buffer, Message, decode, encode
+from stream.protocol import Message, encode
 
 LINGER_MS = 1000
 
@@ -83,14 +81,3 @@ def send(sock: zmq.Socket[bytes], msg: Message, flags: int = 0) -> None:
     """
     frames = encode(msg)
     sock.send_multipart(frames, flags=flags, copy=False)
-
-
-def recv(sock: zmq.Socket[bytes], flags: int = 0) -> Message:
-    """Receive and decode one message; image buffers stay zero-copy views.
-
-    Raises:
-        stream.errors.ProtocolError: the message is malformed (the caller counts it).
-    """
-    parts = sock.recv_multipart(flags=flags, copy=False)
-    frames: Sequence[Buffer] = [p.buffer for p in parts]
-    return decode(frames)
