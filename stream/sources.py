@@ -56,6 +56,8 @@ short because a stopping capture must be gone within the launcher's 5 s grace.""
 DECODE_THREADS = 2
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+
 @dataclass(frozen=True)
 class SourceInfo:
     """What a source says about itself once open."""
