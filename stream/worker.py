@@ -51,13 +51,15 @@ def default_worker_name() -> str:
 
 def softmax_topk_f32(logits: np.ndarray, k: int) -> tuple[np.ndarray, list[int], list[float]]:
     """Probabilities over all classes (f32) and the top-k ids/scores, best first."""
-    z = logits.reshape(-1).astype(np.float32, copy=True)
+    flat = logits.reshape(-1)
+    k = min(k, flat.size)
+    # Rank by logits (softmax keeps their order; exp() could round near-equal ones to a tie).
+    top = np.argpartition(-flat, k - 1)[:k]
+    top = top[np.lexsort((top, -flat[top]))]
+    z = flat.astype(np.float32, copy=True)
     z -= z.max()
     np.exp(z, out=z)
     z /= z.sum()
-    k = min(k, z.size)
-    top = np.argpartition(-z, k - 1)[:k]
-    top = top[np.argsort(-z[top], kind="stable")]
     return z, [int(i) for i in top], [float(z[i]) for i in top]
 
 

@@ -171,6 +171,8 @@ def softmax_topk(logits: npt.NDArray[Any], k: int) -> list[tuple[int, float]]:
         return []
     exp = np.exp(flat - flat.max())
     probs = exp / exp.sum()
-    top = np.argpartition(-probs, k - 1)[:k]
-    top = top[np.lexsort((top, -probs[top]))]
+    # Rank by the logits themselves: softmax preserves their order, and ranking after exp()
+    # could tie classes whose tiny logit differences round away (ties: lowest id first).
+    top = np.argpartition(-flat, k - 1)[:k]
+    top = top[np.lexsort((top, -flat[top]))]
     return [(int(i), float(probs[i])) for i in top]
