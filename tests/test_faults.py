@@ -332,15 +332,22 @@ def test_sigint_drains_and_closes_a_playable_video(tmp_path: Path,
 def test_a_subscriber_that_never_reads_does_not_slow_the_pipeline(
     tmp_path: Path, oracle_model: tuple[Path, Path], free_port_base: Callable[[int], int],
 ) -> None:
-    """Throughput with a connected, never-reading subscriber vs none (best of two each)."""
-    classes = runs_of_classes(600, seed=5)
-    clip = make_clip(tmp_path / "clip.mp4", classes, size=(320, 240))
+    """A camera-like source (50 fps, paced) with a connected subscriber that never reads
+    vs none: the pipeline keeps the source's pace either way, within 5%.
+
+    Paced, the rate is set by the source, not by how busy this shared 2-core machine
+    happens to be, so the comparison is stable; a publisher that blocked on the stalled
+    subscriber (its queue fills within the first second) would fall far behind it.
+    """
+    classes = runs_of_classes(250, seed=5)
+    clip = make_clip(tmp_path / "clip.mp4", classes, size=(320, 240), fps=50.0)
     xml, labels = oracle_model
 
-    def run_once(stalled: bool) -> float:
+    def run_once(stalled: bool) -> tuple[float, dict[str, Any]]:
         base = free_port_base(3)
         cfg = write_config(tmp_path / f"cfg{base}.yaml", port_base=base, model=xml,
-                           labels=labels, sources=[{"id": "cam", "url": str(clip)}])
+                           labels=labels,
+                           sources=[{"id": "cam", "url": str(clip), "realtime": True}])
         ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -356,20 +363,18 @@ def test_a_subscriber_that_never_reads_does_not_slow_the_pipeline(
             sub.close()
             ctx.term()
         assert res.returncode == 0, res.stderr
-        row = summary_row(res.stdout, "cam")
-        assert row["labelled"] == len(classes)
+        row = summary_row(res.stdout, "cam", res.stderr)
         line = next(ln for ln in res.stdout.splitlines() if ln.startswith("cam "))
-        return float(line.split()[5])
+        return float(line.split()[5]), row
 
-    free = [run_once(False), run_once(True), run_once(False), run_once(True)]
-    print("fps runs (free, stalled, free, stalled):", free)
-    base_fps, stalled_fps = max(free[0::2]), max(free[1::2])
-    ratio = stalled_fps / base_fps
-    print(f"slow subscriber: {stalled_fps:.1f} fps vs {base_fps:.1f} fps without: "
-          f"ratio {ratio:.3f}")
-    # A publisher that blocked on this subscriber would stall the run outright (ratio ~0);
-    # the bound leaves room for the noise of a shared 2-core machine.
-    assert ratio > 0.9
+    free_fps, free_row = run_once(False)
+    stalled_fps, stalled_row = run_once(True)
+    ratio = stalled_fps / free_fps
+    print(f"slow subscriber: {stalled_fps:.1f} fps vs {free_fps:.1f} fps without "
+          f"(ratio {ratio:.3f}); labelled {stalled_row['labelled']} vs {free_row['labelled']}")
+    assert ratio >= 0.95
+    assert stalled_row["labelled"] >= 0.95 * free_row["labelled"]
+    assert stalled_row["captured"] == free_row["captured"] == len(classes)
 
 
 def test_capture_killed_mid_run_does_not_wedge_the_rest(
