@@ -87,7 +87,9 @@ class StreamStats:
         return self.labelled + sum(self.dropped.values())
 
     def fps(self) -> float:
-        if self.first_t is None or self.last_t is None or self.last_t <= self.first_t:
+        """Frames resolved per second, first to last (0 until there is half a second of it:
+        two frames a millisecond apart say nothing about a rate)."""
+        if self.first_t is None or self.last_t is None or self.last_t - self.first_t < 0.5:
             return 0.0
         return (self.resolved - 1) / (self.last_t - self.first_t)
 
@@ -487,9 +489,9 @@ class Sink:
             n = st.stats.resolved
             fps = st.stats.fps()
             if total:
-                eta = (total - n) / fps if fps > 0 else 0.0
+                eta = f"{(total - n) / fps:4.0f}s" if fps > 0 else "   ?"
                 parts.append(f"{st.stream} {n}/{total} {100 * n / total:3.0f}% "
-                             f"{fps:5.1f} fps ETA {eta:4.0f}s")
+                             f"{fps:5.1f} fps ETA {eta}")
             else:
                 parts.append(f"{st.stream} {n} frames {fps:5.1f} fps")
         if not parts:
