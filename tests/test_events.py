@@ -1,4 +1,4 @@
-"""Label events: schema, wire round trip, and real PUB/SUB sockets (stream/events.py)."""
+"""Label events: schema, wire round trip, and real PUB/SUB sockets (stream/events/)."""
 
 from __future__ import annotations
 
