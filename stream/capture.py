@@ -37,7 +37,8 @@ import numpy as np
 import zmq
 
 from stream import transport
-from stream.config import StreamConfig, connect_endpoint, redact_url
+from stream.config import StreamConfig, connect_endpoint
+from stream.config.redact import redact_url
 from stream.dispatch import Dispatcher, router_socket
 from stream.errors import ConfigError, SourceError
 from stream.preprocess import center_crop_resize, plan_crop

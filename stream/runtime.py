@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
-from stream.config import redact_url
+from stream.config.redact import redact_url
 
 log = logging.getLogger(__name__)
 

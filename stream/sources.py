@@ -33,7 +33,7 @@ from typing import Any, Protocol, TypeVar
 import cv2
 import numpy as np
 
-from stream.config import redact_url
+from stream.config.redact import redact_url
 from stream.errors import SourceError
 
 log = logging.getLogger(__name__)

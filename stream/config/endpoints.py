@@ -1,0 +1,80 @@
+"""ZeroMQ endpoint syntax: validation, per-capture ports, bind vs connect addresses.
+"""
+
+from __future__ import annotations
+
+import re
+
+from stream.errors import ConfigError
+
+# --------------------------------------------------------------------------- endpoints
+
+_ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
+_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def split_tcp(endpoint: str) -> tuple[str, int]:
+    """Split `tcp://host:port` into (host, port); ValueError with a user-facing message."""
+    host, sep, port = endpoint[len("tcp://") :].rpartition(":")
+    if not sep or not host or not _PORT.fullmatch(port):
+        raise ValueError("a tcp endpoint needs a host and a port, like tcp://127.0.0.1:5570")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ValueError(f"tcp port must be 1..65535, not {number}")
+    return host, number
+
+
+def check_endpoint(value: str) -> str:
+    if not value.startswith(_ENDPOINT_SCHEMES):
+        raise ValueError(
+            "a ZeroMQ endpoint must start with tcp://, ipc:// or inproc:// "
+            "(like tcp://127.0.0.1:5561)"
+        )
+    if value.startswith("tcp://"):
+        split_tcp(value)
+    elif value.endswith("://"):
+        raise ValueError("the endpoint has no address after the scheme")
+    return value
+
+
+def connect_endpoint(endpoint: str, host: str | None = None) -> str:
+    """The address a peer connects to for an endpoint that is bound as written in the config.
+
+    Args:
+        endpoint: a validated endpoint, e.g. `tcp://*:5561`.
+        host: the machine to connect to (e.g. from `stream worker --connect HOST`); None keeps
+            the configured host, turning a bind wildcard (`*`, `0.0.0.0`) into `127.0.0.1`.
+
+    Returns:
+        `tcp://host:port` for tcp endpoints; ipc:// and inproc:// endpoints unchanged.
+
+    Raises:
+        ConfigError: a tcp endpoint without a valid port.
+    """
+    if not endpoint.startswith("tcp://"):
+        return endpoint
+    try:
+        bound_host, port = split_tcp(endpoint)
+    except ValueError as exc:
+        raise ConfigError(f"{endpoint}: {exc}") from None
+    if host is None:
+        host = "127.0.0.1" if bound_host in _WILDCARD_HOSTS else bound_host
+    return f"tcp://{host}:{port}"
+
+
+def same_address(a: str, b: str) -> bool:
+    """Whether two endpoints would bind the same address on one machine (best effort)."""
+    if a.startswith("tcp://") and b.startswith("tcp://"):
+        host_a, port_a = split_tcp(a)
+        host_b, port_b = split_tcp(b)
+        local = {"127.0.0.1", "localhost"}
+        return port_a == port_b and (
+            host_a == host_b
+            or host_a in _WILDCARD_HOSTS
+            or host_b in _WILDCARD_HOSTS
+            or (host_a in local and host_b in local)
+        )
+    return a == b
+
+
