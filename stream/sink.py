@@ -18,7 +18,6 @@ was given up on are counted as ``late`` and otherwise ignored.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -34,10 +33,11 @@ import zmq
 
 from stream import events, transport
 from stream.config import StreamConfig
-from stream.errors import ConfigError, ProtocolError
+from stream.errors import ProtocolError
 from stream.overlay import draw_overlay
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status, decode
 from stream.runtime import Rejections, cpu_seconds
+from stream.video_out import VideoOut, check_video_output
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ class _StreamState:
         self.closed = False  # writer released and final summary published
         self.video_failed = False
         self.stats = StreamStats()
-        self.writer: Any = None  # cv2.VideoWriter
-        self.writer_size: tuple[int, int] | None = None
+        self.video: VideoOut | None = None
         self.window: deque[np.ndarray] = deque()
         self.window_sum: np.ndarray | None = None
         self.top1: int | None = None
@@ -258,7 +257,6 @@ class Sink:
         st.next_seq = st.first_seq = hello.seq
         st.pending.clear()
         st.eos, st.closed, st.video_failed = None, False, False
-        st.writer_size = None
         st.window.clear()
         st.window_sum = None
         st.stats.captured = None
@@ -320,9 +318,9 @@ class Sink:
     def _close_stream(self, st: _StreamState) -> None:
         """A drained stream: finish its video file (so it plays now) and publish its summary."""
         st.closed = True
-        if st.writer is not None:
-            st.writer.release()
-            st.writer = None
+        if st.video is not None:
+            st.video.close()
+            st.video = None
         self._publish_summary(st)
 
     def _labels(self, ids: Iterable[int], scores: Iterable[float]) -> list[events.LabelEntry]:
@@ -408,40 +406,26 @@ class Sink:
 
     def _draw_and_encode(self, st: _StreamState, frame: Frame,
                          labels: list[tuple[str, float]], note: str | None) -> None:
-        assert frame.image is not None
-        img: np.ndarray = np.frombuffer(frame.image, np.uint8).reshape(
-            frame.height, frame.width, 3)
-        if st.writer is None:
-            self._open_writer(st, frame.width, frame.height)
-        assert st.writer_size is not None
-        if (frame.width, frame.height) != st.writer_size:
-            img = cv2.resize(img, st.writer_size, interpolation=cv2.INTER_AREA)
-        else:
-            img = img.copy()  # ZeroMQ buffers are read-only; drawing needs a private copy
+        assert frame.image is not None and self.s.output_dir is not None
+        if st.video is None:
+            # A restarted capture gets a new file, never overwriting the earlier footage.
+            suffix = "" if st.sessions == 1 else f"-{st.sessions}"
+            path = Path(self.s.output_dir) / f"{st.stream}{suffix}.{self.s.video_format}"
+            st.video = VideoOut(path, st.hello.fps if st.hello is not None else 25.0,
+                                self.s.codec)
+        img = np.frombuffer(frame.image, np.uint8).reshape(frame.height, frame.width, 3)
+        overlay = None
         if self.s.draw:
             fps = None
             if len(st.fps_times) > 1:
                 span = st.fps_times[-1] - st.fps_times[0]
                 fps = (len(st.fps_times) - 1) / span if span > 0 else None
-            draw_overlay(img, st.stream, labels, fps, note)
-        st.writer.write(img)
-        st.stats.written += 1
 
-    def _open_writer(self, st: _StreamState, w: int, h: int) -> None:
-        assert self.s.output_dir is not None
-        out = Path(self.s.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        # A restarted capture gets a new file, never overwriting the earlier footage.
-        suffix = "" if st.sessions == 1 else f"-{st.sessions}"
-        path = out / f"{st.stream}{suffix}.{self.s.video_format}"
-        fps = st.hello.fps if st.hello is not None else 25.0
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*self.s.codec), fps, (w, h))
-        if not writer.isOpened():
-            writer.release()
-            raise OSError(f"cannot write video {path} with codec {self.s.codec!r}: try "
-                          "sink.codec: mp4v (mp4) or MJPG (avi)")
-        log.info("writing %s (%dx%d @ %.2f fps, %s)", path, w, h, fps, self.s.codec)
-        st.writer, st.writer_size = writer, (w, h)
+            def overlay(canvas: np.ndarray) -> None:
+                draw_overlay(canvas, st.stream, labels, fps, note)
+
+        st.video.write(img, overlay)
+        st.stats.written += 1
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -468,9 +452,9 @@ class Sink:
                 self.release(time.monotonic(), force="shutdown")
         finally:
             for st in self.streams.values():
-                if st.writer is not None:
-                    st.writer.release()
-                    st.writer = None
+                if st.video is not None:
+                    st.video.close()
+                    st.video = None
             self._progress(time.monotonic(), final=True)
             self.summary()
         return 0
@@ -551,31 +535,6 @@ class Sink:
                      1000 * self.write_s / written, written)
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
-
-
-def check_video_output(output_dir: str, video_format: str, codec: str) -> None:
-    """Fail early, with a clear message, if videos cannot be written there with that codec.
-
-    Raises:
-        ConfigError: the folder cannot be created/written, or OpenCV has no such encoder.
-    """
-    out = Path(output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the video folder {out}: {exc.strerror}") from None
-    probe = out / f".stream-probe-{os.getpid()}.{video_format}"
-    writer = cv2.VideoWriter(str(probe), cv2.VideoWriter.fourcc(*codec), 25.0, (64, 64))
-    ok = writer.isOpened()
-    if ok:
-        writer.write(np.zeros((64, 64, 3), np.uint8))
-    writer.release()
-    probe.unlink(missing_ok=True)
-    if not ok:
-        raise ConfigError(
-            f"cannot write {video_format} video with codec {codec!r} into {out} (is the folder "
-            "writable? does this OpenCV build have that encoder?): try sink.codec mp4v for "
-            "mp4, or MJPG for avi")
 
 
 def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False) -> int:
