@@ -29,6 +29,7 @@ import zmq
 from stream import transport
 from stream.config import StreamConfig, connect_endpoint
 from stream.errors import ProtocolError
+from stream.model.runtime import top_ids
 from stream.protocol import Credit, Drop, Result, Task, decode
 from stream.runtime import Rejections, cpu_seconds
 
@@ -52,10 +53,7 @@ def default_worker_name() -> str:
 def softmax_topk_f32(logits: np.ndarray, k: int) -> tuple[np.ndarray, list[int], list[float]]:
     """Probabilities over all classes (f32) and the top-k ids/scores, best first."""
     flat = logits.reshape(-1)
-    k = min(k, flat.size)
-    # Rank by logits (softmax keeps their order; exp() could round near-equal ones to a tie).
-    top = np.argpartition(-flat, k - 1)[:k]
-    top = top[np.lexsort((top, -flat[top]))]
+    top = top_ids(flat, min(k, flat.size))
     z = flat.astype(np.float32, copy=True)
     z -= z.max()
     np.exp(z, out=z)

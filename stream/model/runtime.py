@@ -171,8 +171,15 @@ def softmax_topk(logits: npt.NDArray[Any], k: int) -> list[tuple[int, float]]:
         return []
     exp = np.exp(flat - flat.max())
     probs = exp / exp.sum()
-    # Rank by the logits themselves: softmax preserves their order, and ranking after exp()
-    # could tie classes whose tiny logit differences round away (ties: lowest id first).
+    return [(int(i), float(probs[i])) for i in top_ids(flat, k)]
+
+
+def top_ids(logits: npt.NDArray[Any], k: int) -> npt.NDArray[np.intp]:
+    """Indices of the k largest logits, best first (ties: lowest id first).
+
+    Ranked by the logits themselves: softmax preserves their order, and ranking after
+    exp() could tie classes whose tiny logit differences round away.
+    """
+    flat = logits.reshape(-1)
     top = np.argpartition(-flat, k - 1)[:k]
-    top = top[np.lexsort((top, -flat[top]))]
-    return [(int(i), float(probs[i])) for i in top]
+    return top[np.lexsort((top, -flat[top]))]
