@@ -37,6 +37,7 @@ from typing import Any
 import msgpack
 
 from stream.errors import ProtocolError
+from stream.ids import STREAM_ID_RULE, is_stream_id
 
 PROTOCOL_VERSION = 1
 
@@ -283,8 +284,8 @@ class _Reader:
 
     def stream(self) -> str:
         s = self.str_("stream")
-        if not s or len(s) > 64:
-            raise self._bad("stream", "a 1..64 character id")
+        if not is_stream_id(s):
+            raise self._bad("stream", f"a stream id ({STREAM_ID_RULE})")
         return s
 
     def str_(self, key: str) -> str:

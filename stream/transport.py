@@ -1,83 +1,191 @@
-"""ZeroMQ socket factories: every socket gets a high-water mark, timeouts and linger.
+"""ZeroMQ socket factory: every socket of every role is made, configured and closed here.
 
-The roles talk over three kinds of links (DESIGN.md "Roles", docs/architecture.md):
+The roles talk over these links (DESIGN.md "Roles", docs/architecture.md):
 
     capture  ROUTER --bind--> frames endpoint <--connect-- DEALER worker  (crops ⇄ credits)
-    capture  PUSH --connect-> sink endpoint   <--bind----- PULL   sink    (stamps, full frames)
+    capture  PUSH ×2 --connect-> sink endpoint <--bind---- PULL   sink    (control; video)
     worker   PUSH --connect-> sink endpoint                                (results)
+    sink     PUB  --bind----> events endpoint <--connect-- SUB   subscribers
 
-Captures bind and workers connect, so workers can join and leave at run time on any machine
-(the credit protocol of :mod:`stream.dispatch` bounds what is in flight); the sink binds one
-PULL socket that every capture and worker connects to. ``linger`` is bounded so a dead peer
-never keeps a process from exiting (invariant 5).
+Every socket gets a high-water mark (a bounded queue), ``MAXMSGSIZE`` on the receiving side
+(a peer cannot make us allocate what it likes: DESIGN.md "Trust"), a bounded ``linger`` (a
+dead peer never keeps a process from exiting: invariant 5) and TCP keepalive (a machine that
+vanished is noticed). :class:`Sockets` owns a context and every socket made from it, and
+closes them all before terminating the context, so no error path can leave ``term()``
+waiting on a forgotten socket (a bad ``--connect`` address used to hang the capture).
 """
 
 from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any
 
 import zmq
 
 from stream.errors import ConfigError
 from stream.protocol import Message, encode
 
+log = logging.getLogger(__name__)
+
 LINGER_MS = 1000
+"""Default time a closing socket may spend delivering what it still holds."""
+
+MAX_MESSAGE_BYTES = 64 << 20
+"""Largest message any socket accepts (ZMQ ``MAXMSGSIZE``): a 4K BGR frame is ~25 MB."""
+
+SMALL_MESSAGE_BYTES = 1 << 20
+"""Limit for links that only carry small messages (credits, stamps, results, events)."""
+
+Socket = zmq.Socket[bytes]
 
 
-def _configure(sock: zmq.Socket[bytes], *, sndhwm: int, rcvhwm: int, linger_ms: int) -> None:
-    sock.setsockopt(zmq.SNDHWM, sndhwm)
-    sock.setsockopt(zmq.RCVHWM, rcvhwm)
-    sock.setsockopt(zmq.LINGER, linger_ms)
-    # Detect dead TCP peers (a machine that vanished) within tens of seconds.
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+class Sockets:
+    """A ZMQ context plus every socket made from it; use as a context manager.
+
+    Args:
+        ctx: an existing context to share (tests, inproc links); ``None`` makes a new one,
+            which :meth:`close` then terminates.
+    """
+
+    def __init__(self, ctx: zmq.Context[Any] | None = None) -> None:
+        self._own = ctx is None
+        self.ctx: zmq.Context[Any] = zmq.Context() if ctx is None else ctx
+        self._socks: list[Socket] = []
+
+    def __enter__(self) -> Sockets:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def socket(
+        self,
+        kind: int,
+        *,
+        sndhwm: int = 1000,
+        rcvhwm: int = 1000,
+        linger_ms: int = LINGER_MS,
+        max_msg: int = MAX_MESSAGE_BYTES,
+    ) -> Socket:
+        """A configured socket of ``kind`` (``zmq.PUSH``, ...), owned by this object.
+
+        Args:
+            sndhwm, rcvhwm: high-water marks in messages (>= 1: 0 would be unbounded).
+            linger_ms: how long :meth:`close` lets queued outgoing messages leave.
+            max_msg: ``MAXMSGSIZE``: a peer sending more is disconnected by ZMQ.
+        """
+        if sndhwm < 1 or rcvhwm < 1:
+            raise ValueError("high-water marks must be >= 1 (0 means unbounded to ZMQ)")
+        sock: Socket = self.ctx.socket(kind)
+        sock.setsockopt(zmq.SNDHWM, sndhwm)
+        sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        sock.setsockopt(zmq.LINGER, linger_ms)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_msg)
+        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+        sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+        if kind == zmq.ROUTER:
+            # An unroutable send (a worker that left) raises instead of vanishing.
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._socks.append(sock)
+        return sock
+
+    def bind(self, sock: Socket, endpoint: str, what: str) -> str:
+        """Bind with an error that names the endpoint and says what to change.
+
+        Returns:
+            The endpoint actually bound (a ``*`` port resolved).
+        Raises:
+            ConfigError: the address is malformed or in use.
+        """
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            hint = ("is another stream process already running? pick another endpoint in "
+                    "the config" if exc.errno == zmq.EADDRINUSE else
+                    "write it like tcp://0.0.0.0:5561 or ipc:///run/stream/sink")
+            raise ConfigError(
+                f"cannot bind the {what} endpoint {endpoint}: {exc.strerror}; {hint}"
+            ) from None
+        last = sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) else str(last)
+
+    def connect(self, sock: Socket, endpoint: str, what: str) -> None:
+        """Connect with an error that names the endpoint (a malformed address fails here).
+
+        Raises:
+            ConfigError: the address is malformed (ZMQ connects lazily: an unreachable
+                host is not an error, the peer may come later).
+        """
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise ConfigError(
+                f"cannot connect to the {what} endpoint {endpoint}: {exc.strerror}; write it "
+                "like tcp://HOST:PORT (--connect takes a bare host name or address)"
+            ) from None
+
+    def close(self, linger_ms: int | None = None) -> None:
+        """Close every socket (with its own linger, or ``linger_ms``), then the context."""
+        for sock in self._socks:
+            if not sock.closed:
+                sock.close(linger=linger_ms)
+        self._socks.clear()
+        if self._own and not self.ctx.closed:
+            self.ctx.term()
 
 
-def bind(sock: zmq.Socket[bytes], endpoint: str, what: str) -> None:
-    """Bind with an error that names the endpoint and says what to change."""
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise ConfigError(
-            f"cannot bind the {what} endpoint {endpoint}: {exc.strerror}; "
-            "is another stream process already running? pick another endpoint in the config"
-        ) from None
-
-
-def connect(sock: zmq.Socket[bytes], endpoint: str, what: str) -> None:
-    """Connect with an error that names the endpoint (a malformed address fails here)."""
-    try:
-        sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise ConfigError(
-            f"cannot connect to the {what} endpoint {endpoint}: {exc.strerror}"
-        ) from None
-
-
-def push_socket(
-    ctx: zmq.Context[zmq.Socket[bytes]], *, hwm: int, linger_ms: int = LINGER_MS
-) -> zmq.Socket[bytes]:
-    """A PUSH socket with a bounded send queue."""
-    sock = ctx.socket(zmq.PUSH)
-    _configure(sock, sndhwm=hwm, rcvhwm=hwm, linger_ms=linger_ms)
-    return sock
-
-
-def pull_socket(
-    ctx: zmq.Context[zmq.Socket[bytes]], *, hwm: int, linger_ms: int = 0
-) -> zmq.Socket[bytes]:
-    """A PULL socket with a bounded receive queue."""
-    sock = ctx.socket(zmq.PULL)
-    _configure(sock, sndhwm=hwm, rcvhwm=hwm, linger_ms=linger_ms)
-    return sock
-
-
-def send(sock: zmq.Socket[bytes], msg: Message, flags: int = 0) -> None:
+def send(sock: Socket, msg: Message, flags: int = 0) -> None:
     """Send one protocol message; buffers go out without a copy.
 
     Raises:
         zmq.Again: with ``flags=zmq.NOBLOCK`` when the peer's queue is full.
     """
-    frames = encode(msg)
-    sock.send_multipart(frames, flags=flags, copy=False)
+    sock.send_multipart(encode(msg), flags=flags, copy=False)
+
+
+# -- transitional: the role modules move to Sockets in the sink/capture split -------------
+
+
+def _legacy(ctx: zmq.Context[Any], kind: int, hwm: int, linger_ms: int) -> Socket:
+    sock: Socket = ctx.socket(kind)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    return sock
+
+
+def push_socket(ctx: zmq.Context[Any], *, hwm: int, linger_ms: int = LINGER_MS) -> Socket:
+    """Transitional: use :meth:`Sockets.socket`."""
+    return _legacy(ctx, zmq.PUSH, hwm, linger_ms)
+
+
+def pull_socket(ctx: zmq.Context[Any], *, hwm: int, linger_ms: int = 0) -> Socket:
+    """Transitional: use :meth:`Sockets.socket`."""
+    return _legacy(ctx, zmq.PULL, hwm, linger_ms)
+
+
+def bind(sock: Socket, endpoint: str, what: str) -> None:
+    """Transitional: use :meth:`Sockets.bind`."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ConfigError(f"cannot bind the {what} endpoint {endpoint}: {exc.strerror}") from None
+
+
+def connect(sock: Socket, endpoint: str, what: str) -> None:
+    """Transitional: use :meth:`Sockets.connect`."""
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(linger=0)
+        raise ConfigError(f"cannot connect to the {what} endpoint {endpoint}: "
+                          f"{exc.strerror}") from None

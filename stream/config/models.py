@@ -15,6 +15,7 @@ from pydantic_core import PydanticUndefined
 from stream.config.endpoints import check_endpoint, same_address, split_tcp
 from stream.config.redact import redact_url
 from stream.errors import ConfigError
+from stream.ids import STREAM_ID_RULE, is_stream_id
 
 SourceKind = Literal["file", "rtsp", "camera", "images"]
 Policy = Literal["wait", "drop"]
@@ -98,7 +99,6 @@ class ModelConfig(Strict):
     )
 
 
-_SOURCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
 _CAMERA_URL = re.compile(r"[0-9]+|/dev/video[0-9]*")
 _URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 
@@ -167,10 +167,9 @@ class SourceConfig(Strict):
     @field_validator("id")
     @classmethod
     def _id_pattern(cls, value: str) -> str:
-        if not _SOURCE_ID.fullmatch(value):
+        if not is_stream_id(value):
             raise ValueError(
-                "a source id is 1-64 characters of letters, digits, '_', '.' or '-', starting "
-                "with a letter or digit (it becomes a ZMQ topic and a file name)"
+                f"a source id is {STREAM_ID_RULE} (it becomes a ZMQ topic and a file name)"
             )
         return value
 

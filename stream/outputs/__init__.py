@@ -1,0 +1,1 @@
+"""The sink's outputs: each kind of output in its own module, behind :mod:`.base`."""
