@@ -187,13 +187,26 @@ BAD = [
         id="frames-port-collision",
     ),
     pytest.param(
-        MINIMAL + "sink:\n  codec: h264x\n",
-        "sink.codec: codec is a FourCC of exactly 4 characters, like mp4v, avc1, MJPG "
-        "(got 'h264x')",
-        id="codec-5-chars",
+        MINIMAL + "sink:\n  codec: avc1\n",
+        "sink.codec: Input should be 'h264', 'mp4v' or 'MJPG' (got 'avc1')",
+        id="codec-unknown",
     ),
     pytest.param(
-        MINIMAL + "sink:\n  codec: h26\n", "sink.codec: codec is a FourCC", id="codec-3-chars"
+        MINIMAL + "sink:\n  codec: MJPG\n",
+        "sink.codec: codec MJPG goes in avi, not in mp4: set video_format: avi, or codec: "
+        "h264 or mp4v for mp4 (got 'MJPG')",
+        id="codec-mjpg-in-mp4",
+    ),
+    pytest.param(
+        MINIMAL + "sink:\n  video_format: avi\n",
+        "sink.codec: codec h264 goes in mp4 or mkv, not in avi: set video_format: mp4, or "
+        "codec: MJPG for avi (got 'h264')",
+        id="default-codec-in-avi",
+    ),
+    pytest.param(
+        MINIMAL + "sink:\n  codec: mp4v\n  video_format: mkv\n",
+        "sink.codec: codec mp4v goes in mp4, not in mkv",
+        id="codec-mp4v-in-mkv",
     ),
     pytest.param(
         "sources:\n  - {id: cam, url: 'rtsp://${CAM_USER}:${CAM_PASS}@h/s'}\n",
@@ -274,7 +287,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (cfg.model.top_k, cfg.model.labels) == (5, None)
     assert cfg.workers.count == 1
     assert cfg.sink.output_dir is None
-    assert (cfg.sink.video_format, cfg.sink.codec, cfg.sink.draw) == ("mp4", "mp4v", True)
+    assert (cfg.sink.video_format, cfg.sink.codec, cfg.sink.draw) == ("mp4", "h264", True)
     assert cfg.sink.events == "tcp://127.0.0.1:5560"
     assert (cfg.sink.smoothing, cfg.sink.reorder_timeout_s) == (1, 5.0)
     assert cfg.transport == TransportConfig(
@@ -283,6 +296,25 @@ def test_defaults(tmp_path: Path) -> None:
     src = cfg.sources[0]
     assert (src.kind, src.policy, src.loop, src.rtsp_transport) == ("auto", None, False, "tcp")
     assert (src.fps, src.realtime) == (None, False)
+
+
+@pytest.mark.parametrize(
+    ("codec", "video_format", "ok"),
+    [
+        ("h264", "mp4", True), ("h264", "mkv", True), ("h264", "avi", False),
+        ("mp4v", "mp4", True), ("mp4v", "mkv", False), ("mp4v", "avi", False),
+        ("MJPG", "avi", True), ("MJPG", "mp4", False), ("MJPG", "mkv", False),
+    ],
+)
+def test_codec_and_container_pairs(codec: str, video_format: str, ok: bool) -> None:
+    data = {"sources": [{"id": "a", "url": "a.mp4"}],
+            "sink": {"codec": codec, "video_format": video_format}}
+    if ok:
+        sink = config_from_dict(data).sink
+        assert (sink.codec, sink.video_format) == (codec, video_format)
+    else:
+        with pytest.raises(ConfigError, match=f"sink.codec: codec {codec} goes in"):
+            config_from_dict(data)
 
 
 def test_config_is_frozen() -> None:

@@ -26,8 +26,8 @@ Decisions beyond the schema (also in docs/config.md):
 
 from __future__ import annotations
 
-from stream.config.endpoints import connect_endpoint
-from stream.config.load import config_from_dict, load_config
+from stream.config.endpoints import check_host, connect_endpoint
+from stream.config.load import config_from_dict, expand_env, load_config
 from stream.config.models import (
     ModelConfig,
     Policy,
@@ -50,10 +50,12 @@ __all__ = [
     "StreamConfig",
     "TransportConfig",
     "WorkersConfig",
+    "check_host",
     "config_from_dict",
     "connect_endpoint",
     "describe",
     "dump_config",
+    "expand_env",
     "load_config",
     "redact_url",
     "schema_markdown",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from stream.errors import ConfigError
@@ -38,6 +39,63 @@ def check_endpoint(value: str) -> str:
     return value
 
 
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_DOTTED = re.compile(r"[0-9.]+")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` is not a bare host name, IPv4 address or [IPv6] address (None if it is)."""
+    if not host:
+        return "the host is empty"
+    if "://" in host or "/" in host:
+        return "give only the host, without a scheme or path: like 10.0.0.5 or hub.example"
+    if host.startswith("["):
+        inner = host[1:-1] if host.endswith("]") else ""
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            return "between [ ] goes an IPv6 address, like [fd00::5]"
+        return None
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "give only the host, without a port: the ports come from the config"
+        return f"write an IPv6 address in brackets: [{host}]"
+    if _DOTTED.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "not a valid IPv4 address (four numbers 0..255, like 10.0.0.5)"
+        return None
+    name = host.removesuffix(".")
+    if len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        return ("not a valid host name: letters, digits and - between dots, like "
+                "hub or hub.example.com")
+    return None
+
+
+def check_host(host: str, flag: str = "--connect") -> str:
+    """A host given on the command line, checked before any socket is made.
+
+    Args:
+        host: a bare host name (`hub`, `hub.example.com`), an IPv4 address or an IPv6
+            address in brackets (`[fd00::5]`).
+        flag: how the user gave it, for the message.
+
+    Returns:
+        The host, unchanged.
+
+    Raises:
+        ConfigError: anything else (`hub/`, `tcp://hub`, `hub:5561`, a bare IPv6 address),
+            with a message saying how to write it.
+    """
+    problem = _host_problem(host)
+    if problem is not None:
+        raise ConfigError(f"{flag} {host!r}: {problem}")
+    return host
+
+
 def connect_endpoint(endpoint: str, host: str | None = None) -> str:
     """The address a peer connects to for an endpoint that is bound as written in the config.
 
@@ -50,8 +108,11 @@ def connect_endpoint(endpoint: str, host: str | None = None) -> str:
         `tcp://host:port` for tcp endpoints; ipc:// and inproc:// endpoints unchanged.
 
     Raises:
-        ConfigError: a tcp endpoint without a valid port.
+        ConfigError: a tcp endpoint without a valid port, or a malformed `host`
+            (see :func:`check_host`).
     """
+    if host is not None:
+        check_host(host)
     if not endpoint.startswith("tcp://"):
         return endpoint
     try:

@@ -196,6 +196,33 @@ def _expand(
     return _REFERENCE.sub(_substitute, node)
 
 
+def expand_env(
+    value: str, where: str, source_name: str, env: Mapping[str, str] | None = None
+) -> str:
+    """Expand `${VAR}` in one string exactly as the YAML loader does (e.g. a `--source` flag).
+
+    Args:
+        value: the text, e.g. `rtsp://${CAM_USER}:${CAM_PASS}@cam/1`.
+        where: what the text is, the key of error messages (e.g. `--source`).
+        source_name: where it came from, the prefix of error messages (e.g. `command line`).
+        env: the variables; None = `os.environ`, read now.
+
+    Returns:
+        The expanded text.
+
+    Raises:
+        ConfigError: a variable is not set or a `${` is malformed; the message names the
+            variable and shows the template (credentials redacted), never a value.
+    """
+    problems: list[Problem] = []
+    templates: dict[Loc, str] = {}
+    expanded = _expand(value, (where,), os.environ if env is None else env, problems, templates)
+    if problems:
+        raise _config_error(source_name, problems, templates)
+    assert isinstance(expanded, str)
+    return expanded
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
 

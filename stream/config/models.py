@@ -1,58 +1,44 @@
 """The config schema: strict, frozen pydantic models, one per section of the YAML file.
+
+The shared base (`Strict`, `Problem`) lives in `base.py`, the `sources[]` section in
+`sources.py`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_core import PydanticUndefined
+from pydantic import Field, field_validator, model_validator
 
+from stream.config.base import Loc, Problem, Problems, Strict
 from stream.config.endpoints import check_endpoint, same_address, split_tcp
-from stream.config.redact import redact_url
+from stream.config.sources import Policy, SourceConfig, SourceKind
 from stream.errors import ConfigError
-from stream.ids import STREAM_ID_RULE, is_stream_id
 
-SourceKind = Literal["file", "rtsp", "camera", "images"]
-Policy = Literal["wait", "drop"]
+__all__ = [
+    "Loc",
+    "ModelConfig",
+    "Policy",
+    "Problem",
+    "Problems",
+    "SinkConfig",
+    "SourceConfig",
+    "SourceKind",
+    "StreamConfig",
+    "Strict",
+    "TransportConfig",
+    "VideoCodec",
+    "WorkersConfig",
+]
 
-Loc = tuple[str | int, ...]
+VideoCodec = Literal["h264", "mp4v", "MJPG"]
 
-# --------------------------------------------------------------------------- models
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One config error: where (relative key path), what, and the offending value."""
-
-    path: Loc
-    message: str
-    value: object = PydanticUndefined
-
-
-class Problems(ValueError):
-    """Raised by `model_validator`s to report errors on specific fields (pydantic would
-    otherwise attach a validator's error to the whole model)."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        super().__init__("; ".join(p.message for p in problems))
-        self.problems = list(problems)
-
-
-class Strict(BaseModel):
-    """Shared base: unknown keys are errors, configs are immutable once validated."""
-
-    # hide_input_in_errors: a raw ValidationError (if one ever escapes) must not print secrets.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
-
-    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # repr()/str() of a config ends up in logs: never print URL credentials.
-        for key, value in super().__repr_args__():
-            yield key, redact_url(value) if isinstance(value, str) else value
+CODEC_CONTAINERS: dict[str, tuple[str, ...]] = {
+    "h264": ("mp4", "mkv"),
+    "mp4v": ("mp4",),
+    "MJPG": ("avi",),
+}
+"""The containers each codec may be written into (`sink.codec` x `sink.video_format`)."""
 
 
 class ModelConfig(Strict):
@@ -61,8 +47,9 @@ class ModelConfig(Strict):
     path: str = Field(
         default="models/convnext-tiny.xml",
         min_length=1,
-        description="OpenVINO IR (.xml, with its .bin beside it). The default IR is built "
-        "on first use if missing.",
+        description="OpenVINO IR (.xml, with its .bin beside it). `stream run` builds the "
+        "default IR on first use if missing; `stream worker` does not (on a worker machine, "
+        "copy the IR there or run `stream model build`).",
     )
     device: str = Field(
         default="CPU",
@@ -99,164 +86,6 @@ class ModelConfig(Strict):
     )
 
 
-_CAMERA_URL = re.compile(r"[0-9]+|/dev/video[0-9]*")
-_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
-
-
-def _has_host(url: str) -> bool:
-    """Whether a scheme://[userinfo@]host/... URL names a host at all (``rtsp://`` does not).
-
-    Text after the last ``@`` is taken as the host part: passwords may contain ``@``.
-    """
-    host_part = url.split("://", 1)[1].rsplit("@", 1)[-1]
-    return bool(re.split(r"[/?#]", host_part, maxsplit=1)[0])
-
-
-def _is_network_url(url: str) -> bool:
-    match = _URL_SCHEME.match(url)
-    return match is not None and match[1].lower() != "file"
-
-
-class SourceConfig(Strict):
-    """One video source; it gets one capture process."""
-
-    id: str = Field(
-        description="Stream id, unique: 1-64 of A-Z a-z 0-9 _ . - starting with a letter or "
-        "digit (pattern ^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$). Used as ZMQ topic and file name.",
-    )
-    url: str = Field(
-        min_length=1,
-        description="Video file, rtsp:// or rtsps:// URL, http(s):// URL, camera index (0) or "
-        "/dev/videoN, or a folder of images. Put credentials in ${VARS}.",
-    )
-    kind: Literal["auto", "file", "rtsp", "camera", "images"] = Field(
-        default="auto",
-        description="auto: scheme:// URL -> rtsp (live network stream), digits or /dev/video* "
-        "-> camera, existing folder -> images, anything else -> file.",
-    )
-    policy: Policy | None = Field(
-        default=None,
-        description="Back-pressure. wait: lossless, capture waits for workers; drop: never "
-        "wait, drop and count frames. null = drop for live sources (rtsp, camera, realtime "
-        "file), wait otherwise. wait is not allowed for rtsp/camera.",
-    )
-    loop: bool = Field(default=False, description="Replay the file forever (files only).")
-    rtsp_transport: Literal["tcp", "udp"] = Field(
-        default="tcp", description="RTSP transport (rtsp only; ignored by other kinds)."
-    )
-    fps: float | None = Field(
-        default=None,
-        gt=0,
-        le=240,
-        description="images: rate stamped on frames (null = 25). rtsp/camera: cap, extra "
-        "frames are skipped. file: overrides the native rate (timestamps, realtime pacing).",
-    )
-    realtime: bool = Field(
-        default=False,
-        description="Files only: read at the file's native fps, like a live camera.",
-    )
-
-    @field_validator("url", mode="before")
-    @classmethod
-    def _int_url(cls, value: object) -> object:
-        # YAML reads `url: 0` as an int; a camera index is what the user meant.
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        return value
-
-    @field_validator("id")
-    @classmethod
-    def _id_pattern(cls, value: str) -> str:
-        if not is_stream_id(value):
-            raise ValueError(
-                f"a source id is {STREAM_ID_RULE} (it becomes a ZMQ topic and a file name)"
-            )
-        return value
-
-    def resolved_kind(self) -> SourceKind:
-        """The kind of source, auto-detected from `url` when `kind` is "auto".
-
-        Detection: any `scheme://` URL except file:// -> "rtsp" (a live network stream);
-        digits or /dev/video* -> "camera"; an existing directory -> "images"; else "file".
-        """
-        if self.kind == "file" or self.kind == "rtsp" or self.kind == "camera":
-            return self.kind
-        if self.kind == "images":
-            return self.kind
-        if _is_network_url(self.url):
-            return "rtsp"
-        if _CAMERA_URL.fullmatch(self.url):
-            return "camera"
-        if os.path.isdir(self.url):
-            return "images"
-        return "file"
-
-    def is_live(self) -> bool:
-        """True for sources that produce frames on their own clock: rtsp, camera, realtime file."""
-        kind = self.resolved_kind()
-        return kind in ("rtsp", "camera") or (kind == "file" and self.realtime)
-
-    def resolved_policy(self) -> Policy:
-        """The back-pressure policy: `policy`, or drop for live sources and wait otherwise."""
-        if self.policy is not None:
-            return self.policy
-        return "drop" if self.is_live() else "wait"
-
-    @model_validator(mode="after")
-    def _check_kind(self) -> SourceConfig:
-        problems: list[Problem] = []
-        kind = self.resolved_kind()
-        if self.kind == "rtsp" and not _is_network_url(self.url):
-            problems.append(
-                Problem(
-                    ("url",),
-                    "kind 'rtsp' needs a network URL like rtsp://host/path",
-                    self.url,
-                )
-            )
-        if _is_network_url(self.url) and not _has_host(self.url):
-            problems.append(
-                Problem(
-                    ("url",),
-                    "the URL has no host: write it like rtsp://192.168.1.10:554/stream1",
-                    self.url,
-                )
-            )
-        if self.kind in ("camera", "images") and _is_network_url(self.url):
-            problems.append(
-                Problem(
-                    ("kind",),
-                    f"kind '{self.kind}' is for a local device or folder, but url is a network "
-                    "URL; use kind 'rtsp' (or leave kind out)",
-                    self.kind,
-                )
-            )
-        if self.loop and kind != "file":
-            problems.append(
-                Problem(("loop",), f"loop replays a file, but this source is {kind}", True)
-            )
-        if self.realtime and kind != "file":
-            problems.append(
-                Problem(
-                    ("realtime",),
-                    f"realtime paces a file like a live camera, but this source is {kind}",
-                    True,
-                )
-            )
-        if self.policy == "wait" and kind in ("rtsp", "camera"):
-            problems.append(
-                Problem(
-                    ("policy",),
-                    f"a live {kind} source cannot wait for workers (frames would be lost at "
-                    "the source anyway); use drop or leave policy out",
-                    "wait",
-                )
-            )
-        if problems:
-            raise Problems(problems)
-        return self
-
-
 class WorkersConfig(Strict):
     """Inference workers started on this machine."""
 
@@ -279,8 +108,10 @@ class SinkConfig(Strict):
     video_format: Literal["mp4", "avi", "mkv"] = Field(
         default="mp4", description="Container of the output videos."
     )
-    codec: str = Field(
-        default="mp4v", description="FourCC for OpenCV's VideoWriter, exactly 4 characters."
+    codec: VideoCodec = Field(
+        default="h264",
+        description="h264: H.264 through PyAV (FFmpeg), in mp4 or mkv. mp4v (in mp4) and "
+        "MJPG (in avi): OpenCV's VideoWriter, for builds without an H.264 encoder.",
     )
     events: str = Field(
         default="tcp://127.0.0.1:5560",
@@ -301,17 +132,24 @@ class SinkConfig(Strict):
     )
     draw: bool = Field(default=True, description="Overlay labels on the output video.")
 
-    @field_validator("codec")
-    @classmethod
-    def _fourcc(cls, value: str) -> str:
-        if len(value) != 4 or not value.isascii():
-            raise ValueError("codec is a FourCC of exactly 4 characters, like mp4v, avc1, MJPG")
-        return value
-
     @field_validator("events")
     @classmethod
     def _endpoint(cls, value: str) -> str:
         return check_endpoint(value)
+
+    @model_validator(mode="after")
+    def _codec_fits_container(self) -> SinkConfig:
+        containers = CODEC_CONTAINERS[self.codec]
+        if self.video_format not in containers:
+            fits = " or ".join(containers)
+            others = [c for c, fmts in CODEC_CONTAINERS.items() if self.video_format in fmts]
+            message = (
+                f"codec {self.codec} goes in {fits}, not in {self.video_format}: set "
+                f"video_format: {containers[0]}, or codec: {' or '.join(others)} for "
+                f"{self.video_format}"
+            )
+            raise Problems([Problem(("codec",), message, self.codec)])
+        return self
 
 
 class TransportConfig(Strict):
@@ -330,9 +168,11 @@ class TransportConfig(Strict):
         default=16,
         ge=1,
         le=10000,
-        description="Full frames a capture may queue for the sink when video is written (ZMQ "
-        "high-water mark, messages); a file source waits beyond it, a live one drops. Frames "
-        "to workers need no setting: workers ask for what they can run.",
+        description="Full frames a capture may queue on its video link to the sink (ZMQ "
+        "send high-water mark, messages; only when video is written); a file source waits "
+        "beyond it, a live one sends the stamp alone. Full frames held per camera in all: "
+        "about hwm + 32 (the sink's receive queue) + 8 (the output's queue). Stamps and "
+        "labels travel on their own links; frames to workers need no setting (credits).",
     )
 
     @field_validator("sink", "frames")
