@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -69,20 +70,34 @@ def _source_id(url: str, i: int, taken: set[str]) -> str:
     return sid
 
 
+def _free_events_endpoint() -> str:
+    """``--events auto``: a free loopback port, asked of the kernel (port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
 def _config_for_run(args: argparse.Namespace) -> Any:
-    """The deployment config of ``stream run``: a YAML file and/or ``--source`` flags."""
-    from stream.config import config_from_dict, load_config
+    """The deployment config of ``stream run``: a YAML file and/or ``--source`` flags.
+
+    Only what the user wrote is carried over from the file (``exclude_unset``), so the
+    launcher can tell an endpoint the user named from a default it may replace.
+    """
+    from stream.config import config_from_dict, expand_env, load_config
 
     if args.config and args.source:
         raise ConfigError("give either a CONFIG file or --source flags, not both")
+    data: dict[str, Any]
     if args.config:
         cfg = load_config(args.config)
-        data = cfg.model_dump()
+        data = cfg.model_dump(exclude_unset=True)
     elif args.source:
         taken: set[str] = set()
-        # `--source 'rtsp://${CAM_USER}:${CAM_PASS}@cam/1'` (quoted): expanded here, so the
-        # password is in neither the shell history nor `ps`.
-        urls = [os.path.expandvars(u) for u in args.source]
+        # `--source 'rtsp://${CAM_USER}:${CAM_PASS}@cam/1'` (quoted): expanded here, as the
+        # YAML loader does (an unset variable is an error), so the password is in neither
+        # the shell history nor `ps`.
+        urls = [expand_env(u, "--source", "command line") for u in args.source]
         data = {"sources": [{"id": _source_id(u, i, taken), "url": u}
                             for i, u in enumerate(urls)]}
     else:
@@ -93,7 +108,8 @@ def _config_for_run(args: argparse.Namespace) -> Any:
     if args.output is not None:
         data.setdefault("sink", {})["output_dir"] = args.output
     if args.events is not None:
-        data.setdefault("sink", {})["events"] = args.events
+        events = _free_events_endpoint() if args.events == "auto" else args.events
+        data.setdefault("sink", {})["events"] = events
     if args.model is not None:
         data.setdefault("model", {})["path"] = args.model
     if args.device is not None:
@@ -123,15 +139,14 @@ def _preflight(cfg: Any) -> None:
 
     Live sources are not probed: a camera that is down at start is retried by its capture.
     """
-    from stream.capture import Capture, CaptureSettings
+    from stream.sources import FrameSource, ImageFolderSource, OpenCVSource
 
     for src in cfg.sources:
         kind = src.resolved_kind()
         if kind not in ("file", "images") or "://" in src.url:
             continue
-        settings = CaptureSettings(stream=src.id, url=src.url, kind=kind,
-                                   policy=src.resolved_policy())
-        source = Capture.make_source(settings, src.rtsp_transport, src.fps)
+        source: FrameSource = (ImageFolderSource(src.url) if kind == "images"
+                               else OpenCVSource(src.url, kind))
         try:
             source.open()
         finally:
@@ -193,7 +208,16 @@ def _role_stop(args: argparse.Namespace) -> threading.Event:
     return stop
 
 
+def _check_connect(args: argparse.Namespace) -> None:
+    """``--connect HOST`` checked before any socket exists (``hub/`` used to hang)."""
+    from stream.config import check_host
+
+    if args.connect is not None:
+        check_host(args.connect)
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
+    _check_connect(args)
     from stream.capture import run_capture
 
     cfg = _load(args.config)
@@ -202,6 +226,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    _check_connect(args)
     from stream.worker import run_worker
 
     cfg = _load(args.config)
@@ -253,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", metavar="DIR",
                      help="write one labelled video per stream here (default: no video)")
     run.add_argument("--events", metavar="ENDPOINT",
-                     help=f"ZMQ PUB endpoint for label events (default {DEFAULT_EVENTS})")
+                     help=f"ZMQ PUB endpoint for label events (default {DEFAULT_EVENTS}); "
+                          "auto = a free port on 127.0.0.1, printed at start")
     run.add_argument("--model", metavar="PATH.xml",
                      help="classification IR (default models/convnext-tiny.xml, built on "
                           "first use)")
@@ -277,13 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
     cap = role_parser("capture", "run the capture of one source (one process per source)")
     cap.add_argument("config", help="deployment YAML, or - to read it from stdin")
     cap.add_argument("--source", required=True, metavar="ID", help="which source (its id)")
-    cap.add_argument("--connect", metavar="HOST", help="the sink's host if not the config's")
+    cap.add_argument("--connect", metavar="HOST",
+                     help="the sink's host if not the config's: a host name, an IPv4 address "
+                          "or [IPv6]")
     cap.set_defaults(func=cmd_capture)
 
     wk = role_parser("worker", "run one inference worker (any number, any machine)")
     wk.add_argument("config", help="deployment YAML, or - to read it from stdin")
     wk.add_argument("--connect", metavar="HOST",
-                    help="host where the captures and the sink run (default: config addresses)")
+                    help="host where the captures and the sink run (default: config "
+                         "addresses): a host name, an IPv4 address or [IPv6]")
     wk.add_argument("--name", help="worker name in logs (default host:pid)")
     wk.set_defaults(func=cmd_worker)
 

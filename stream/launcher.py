@@ -8,28 +8,134 @@ gets a bounded time to drain, then everything left is terminated → killed.
 
 Children run as ``python -m stream <role> -`` with the config (secrets expanded) written to
 their stdin, never on the command line where ``ps`` would show it.
+
+Endpoints: the links between this run's own processes (the sink's inbox, each capture's
+frames endpoint) are private unless the config names them: ``ipc://`` sockets in a temporary
+directory of this run (mode 0700, removed at the end), so two ``stream run`` on one machine
+never collide and no other user can reach them. With ``workers.count: 0`` the configured
+endpoints are kept, because the workers are started elsewhere and connect to those. The
+events endpoint is public (subscribers connect to it); a clash there is reported before
+anything starts, with the flag that fixes it.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from stream.config import StreamConfig
+import zmq
+
+from stream.config import StreamConfig, config_from_dict
+from stream.errors import ConfigError
 from stream.runtime import spawn_role, stop_process
+from stream.transport import Sockets
 
 log = logging.getLogger(__name__)
+
+IPC_PATH_MAX = 100
+"""Longest ipc:// socket path we make (the kernel's limit for a Unix socket is 107 bytes)."""
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+@contextmanager
+def private_dir() -> Iterator[Path]:
+    """A directory only this user can enter (mode 0700), removed with its sockets at the end."""
+    path = Path(tempfile.mkdtemp(prefix="stream-run-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def with_private_endpoints(cfg: StreamConfig, folder: Path) -> StreamConfig:
+    """``cfg`` with the internal links moved to ipc:// sockets in ``folder``.
+
+    Only endpoints the user did not name (pydantic's ``model_fields_set``) are moved, and
+    none when ``workers.count`` is 0 (remote workers must reach the configured ones).
+
+    Raises:
+        ConfigError: ``folder`` is too long a path for a Unix socket.
+    """
+    named = cfg.transport.model_fields_set if "transport" in cfg.model_fields_set else set()
+    moved = {"sink", "frames"} - named
+    if not moved or cfg.workers.count == 0:
+        return cfg
+    longest = f"{folder}/frames-{len(cfg.sources) - 1}"
+    if len(longest) > IPC_PATH_MAX:
+        raise ConfigError(
+            f"the temporary directory {folder} is too long a path for ipc:// sockets: set "
+            "TMPDIR to a short path (like /tmp), or name transport.sink and transport.frames "
+            "in the config"
+        )
+    data = cfg.model_dump()
+    if "sink" in moved:
+        data["transport"]["sink"] = f"ipc://{folder}/sink"
+    if "frames" in moved:
+        data["transport"]["frames"] = f"ipc://{folder}/frames"
+    return config_from_dict(data, "stream run")
+
+
+def check_bindable(cfg: StreamConfig) -> None:
+    """Bind every tcp endpoint this run will bind, once, so a clash fails now and clearly.
+
+    Raises:
+        ConfigError: an address is in use (another ``stream run``?), naming the flag or key
+            that moves it.
+    """
+    bound = [("sink.events", cfg.sink.events), ("transport.sink", cfg.transport.sink)]
+    bound += [(f"transport.frames (capture {src.id})", cfg.transport.frames_endpoint(i))
+              for i, src in enumerate(cfg.sources)]
+    with Sockets() as sockets:
+        for key, endpoint in bound:
+            if not endpoint.startswith("tcp://"):
+                continue
+            probe = sockets.socket(zmq.PUB, linger_ms=0)
+            try:
+                probe.bind(endpoint)
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE:
+                    raise ConfigError(f"{key}: cannot bind {endpoint}: {exc.strerror}") from None
+                if key == "sink.events":
+                    hint = ("give this run its own with --events tcp://127.0.0.1:PORT, or "
+                            "--events auto for a free port")
+                else:
+                    hint = f"set {key.split(' ')[0]} to a free address in the config"
+                raise ConfigError(f"{key} {endpoint} is already in use (another `stream "
+                                  f"run`?): {hint}") from None
+            finally:
+                probe.close(linger=0)
+
+
+# --------------------------------------------------------------------------- running
 
 
 def run_all(cfg: StreamConfig, stop: threading.Event, log_level: str = "INFO") -> int:
     """Run the whole deployment until the sources end (files) or ``stop`` is set.
 
     Returns:
-        0 when every stream ended normally, 2 if a capture failed (bad source), 1 if the
-        sink failed or every worker died.
+        0 when every stream ended normally; 2 if a capture or the sink refused its input
+        (bad source, endpoint in use); 1 if an output failed (the sink's exit 1: e.g. a full
+        disk), a process crashed, or every worker died.
+
+    Raises:
+        ConfigError: an endpoint of this run is in use, before anything is started.
     """
+    with private_dir() as folder:
+        run_cfg = with_private_endpoints(cfg, folder)
+        check_bindable(run_cfg)
+        return _run(run_cfg, stop, log_level)
+
+
+def _run(cfg: StreamConfig, stop: threading.Event, log_level: str) -> int:
     cfg_json = cfg.model_dump_json()
     common = ["--log-level", log_level]
     sink = spawn_role(["sink", "-", *common], cfg_json, "sink")
@@ -82,12 +188,27 @@ def run_all(cfg: StreamConfig, stop: threading.Event, log_level: str = "INFO") -
             stop_process(w, f"worker-{i}", timeout=5.0)
         for sid, proc in captures.items():
             stop_process(proc, f"capture {sid}", timeout=2.0)
-    failed = {sid: p.returncode for sid, p in captures.items() if p.returncode not in (0, None,
-                                                                                     -15)}
+    return exit_code(code, {sid: p.returncode for sid, p in captures.items()}, sink_code)
+
+
+def exit_code(code: int, captures: dict[str, int | None], sink_code: int | None) -> int:
+    """The exit code of ``stream run`` from its children's, each failure said in one line.
+
+    A child's exit 2 is a user error (its own ``error:`` line says what), 1 a failure at run
+    time: for the sink, that an output failed (its summary says which). -15 is our own
+    SIGTERM reaching a child before its handler was installed: not a failure.
+    """
+    failed = {sid: c for sid, c in captures.items() if c not in (0, -15)}
     if failed:
-        log.error("capture failed for %s", ", ".join(f"{k} (exit {v})" for k, v in
-                                                      failed.items()))
-        code = code or 2
-    if sink_code not in (0, -15):
+        log.error("capture failed for %s", ", ".join(
+            f"{sid} ({'did not stop' if c is None else f'exit {c}'})" for sid, c in failed.items()))
+        code = code or (2 if all(c == 2 for c in failed.values()) else 1)
+    if sink_code == 1:
+        log.error("the sink exited 1: an output failed (e.g. a full disk) or the sink "
+                  "crashed; its summary or error above says which")
         code = code or 1
+    elif sink_code not in (0, -15):
+        log.error("the sink failed (%s)",
+                  "did not stop" if sink_code is None else f"exit {sink_code}")
+        code = code or (2 if sink_code == 2 else 1)
     return code

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from types import FrameType
 
 from stream.config.redact import redact_url
@@ -113,17 +113,41 @@ def cpu_seconds() -> float:
 
 
 class Rejections:
-    """Counts messages a role refused; logs the first ten and every thousandth after.
+    """Counts messages a role refused and logs each kind once, never the whole flood.
 
     Invariant 4: bad input is counted and reported, never fatal, and a flood of it must not
-    flood the log either.
+    flood the log either. With a ``key`` (e.g. ``(peer, reason)``) the first refusal of each
+    key is logged, so a misbehaving peer shows up once per reason while a second one is still
+    noticed; without a key the first ten are logged. Every thousandth refusal is logged in
+    any case, so a flood stays visible. At most :attr:`MAX_KEYS` keys are remembered (a peer
+    could invent new ones without end); past that, only the thousandths are logged.
+
+    Attributes:
+        count: refusals so far, all keys together.
+        by_key: refusals per key (only for calls that gave one).
     """
+
+    MAX_KEYS = 1000
 
     def __init__(self, logger: logging.Logger) -> None:
         self.count = 0
+        self.by_key: dict[Hashable, int] = {}
         self._log = logger
+        self._unkeyed = 0
 
-    def __call__(self, why: str) -> None:
+    def __call__(self, why: str, key: Hashable | None = None) -> None:
+        """Count one refused message; ``why`` says what was wrong with it (no secrets)."""
         self.count += 1
-        if self.count <= 10 or self.count % 1000 == 0:
+        if key is None:
+            self._unkeyed += 1
+            first = self._unkeyed <= 10
+        elif key in self.by_key:
+            self.by_key[key] += 1
+            first = False
+        elif len(self.by_key) < self.MAX_KEYS:
+            self.by_key[key] = 1
+            first = True
+        else:
+            first = False
+        if first or self.count % 1000 == 0:
             self._log.warning("rejected message #%d: %s", self.count, why)

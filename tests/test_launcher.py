@@ -1,0 +1,241 @@
+"""`stream run` on one machine: private endpoints, a clear clash on the public one, and exit
+codes that carry the children's failures (issue 7, items 11 and 17)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from conftest import find_free_port_base, make_clip, runs_of_classes
+
+from stream import launcher
+from stream.config import config_from_dict
+from stream.errors import ConfigError
+
+RUN_TIMEOUT = 180.0
+E2E_TIMEOUT = 300
+
+
+def _popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "stream", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"`stream run` did not end within {timeout:.0f} s\n{err[-3000:]}")
+    return proc.returncode, out, err
+
+
+class Labels:
+    """Counts label events per stream on one events endpoint, from before the run starts."""
+
+    def __init__(self, endpoint: str) -> None:
+        from stream.events import Subscriber
+
+        self.seqs: dict[str, list[int]] = {}
+        self._stop = threading.Event()
+        self._ctx: zmq.Context[Any] = zmq.Context()
+        self._ctx.setsockopt(zmq.RECONNECT_IVL, 10)
+        self._sub = Subscriber(endpoint, types=("label",), ctx=self._ctx)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            event = self._sub.recv(timeout=0.05)
+            if event is not None:
+                self.seqs.setdefault(event["stream"], []).append(event["seq"])
+
+    def wait_for(self, stream: str, n: int, timeout: float) -> list[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.seqs.get(stream, [])) < n:
+            self._stop.wait(0.02)
+        return list(self.seqs.get(stream, []))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sub.close()
+        self._ctx.term()
+
+
+@pytest.fixture
+def labels_on() -> Iterator[Callable[[str], Labels]]:
+    made: list[Labels] = []
+
+    def start(endpoint: str) -> Labels:
+        made.append(Labels(endpoint))
+        return made[-1]
+
+    yield start
+    for x in made:
+        x.close()
+
+
+# --------------------------------------------------------------------------- defect 17
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_two_runs_on_one_machine_both_label_every_frame(
+    tmp_path: Path, oracle_model: tuple[Path, Path], labels_on: Callable[[str], Labels]
+) -> None:
+    """Two `stream run --source` at once: on old main the second could not bind 5561."""
+    xml, _ = oracle_model
+    lengths = {"one": 40, "two": 30}
+    procs, logs = {}, {}
+    for i, (name, n) in enumerate(lengths.items()):
+        make_clip(tmp_path / f"{name}.mp4", runs_of_classes(n, seed=10 + i), size=(160, 120))
+    for name in lengths:
+        events = f"tcp://127.0.0.1:{find_free_port_base(1)}"
+        logs[name] = labels_on(events)
+        procs[name] = _popen(["run", "--source", str(tmp_path / f"{name}.mp4"), "--model",
+                              str(xml), "--events", events], cwd=tmp_path)
+    for name, n in lengths.items():
+        code, _, err = _finish(procs[name], RUN_TIMEOUT)
+        assert code == 0, err[-3000:]
+        assert "Address already in use" not in err
+        assert logs[name].wait_for(name, n, timeout=5) == list(range(n))
+
+
+@pytest.mark.timeout(60)
+def test_private_endpoints_replace_only_what_the_user_did_not_name(tmp_path: Path) -> None:
+    base = {"sources": [{"id": "a", "url": "a.mp4"}, {"id": "b", "url": "b.mp4"}]}
+    with launcher.private_dir() as folder:
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        cfg = launcher.with_private_endpoints(config_from_dict(base), folder)
+        assert cfg.transport.sink == f"ipc://{folder}/sink"
+        assert cfg.transport.frames_endpoints(2) == [f"ipc://{folder}/frames-0",
+                                                     f"ipc://{folder}/frames-1"]
+        named = config_from_dict({**base, "transport": {"sink": "tcp://127.0.0.1:7001"}})
+        cfg = launcher.with_private_endpoints(named, folder)
+        assert cfg.transport.sink == "tcp://127.0.0.1:7001"
+        assert cfg.transport.frames == f"ipc://{folder}/frames"
+        remote = config_from_dict({**base, "workers": {"count": 0}})
+        assert launcher.with_private_endpoints(remote, folder).transport == remote.transport
+    assert not folder.exists()
+
+
+def test_a_config_file_keeps_its_named_endpoints_through_the_cli(tmp_path: Path) -> None:
+    """`stream run CONFIG` must not turn the file's defaults into 'named' endpoints."""
+    from stream.cli import _config_for_run, build_parser
+
+    path = tmp_path / "c.yaml"
+    path.write_text("sources:\n  - id: a\n    url: a.mp4\ntransport:\n  hwm: 4\n")
+    args = build_parser().parse_args(["run", str(path), "--workers", "2"])
+    cfg = _config_for_run(args)
+    assert cfg.transport.model_fields_set == {"hwm"}
+    with launcher.private_dir() as folder:
+        assert launcher.with_private_endpoints(cfg, folder).transport.sink.startswith("ipc://")
+
+
+@pytest.mark.timeout(60)
+def test_events_clash_is_one_clear_error(tmp_path: Path, oracle_model: tuple[Path, Path]
+                                         ) -> None:
+    """A second run on a busy events endpoint says which flag fixes it (exit 2, no traceback)."""
+    clip = make_clip(tmp_path / "c.mp4", [0, 1, 2], size=(64, 48))
+    port = find_free_port_base(1)
+    with zmq.Context() as ctx, ctx.socket(zmq.PUB) as held:
+        held.setsockopt(zmq.LINGER, 0)
+        held.bind(f"tcp://127.0.0.1:{port}")
+        proc = _popen(["run", "--source", str(clip), "--model", str(oracle_model[0]),
+                       "--events", f"tcp://127.0.0.1:{port}"], cwd=tmp_path)
+        code, _, err = _finish(proc, 60)
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--events auto" in errors[0], err
+
+
+@pytest.mark.timeout(E2E_TIMEOUT)
+def test_events_auto_picks_a_free_port_and_prints_it(
+    tmp_path: Path, oracle_model: tuple[Path, Path]
+) -> None:
+    clip = make_clip(tmp_path / "c.mp4", [0, 1, 2, 3], size=(64, 48))
+    proc = _popen(["run", "--source", str(clip), "--model", str(oracle_model[0]),
+                   "--events", "auto"], cwd=tmp_path)
+    code, _, err = _finish(proc, RUN_TIMEOUT)
+    assert code == 0, err[-3000:]
+    line = next(x for x in err.splitlines() if x.startswith("label events on "))
+    endpoint = line.split()[3]
+    assert endpoint.startswith("tcp://127.0.0.1:") and not endpoint.endswith(":5560")
+
+
+def test_check_bindable_names_the_key_of_a_busy_transport_endpoint() -> None:
+    port = find_free_port_base(2)
+    cfg = config_from_dict({"sources": [{"id": "a", "url": "a.mp4"}],
+                            "sink": {"events": f"tcp://127.0.0.1:{port}"},
+                            "transport": {"sink": f"tcp://127.0.0.1:{port + 1}"}})
+    with zmq.Context() as ctx, ctx.socket(zmq.PULL) as held:
+        held.setsockopt(zmq.LINGER, 0)
+        held.bind(f"tcp://127.0.0.1:{port + 1}")
+        with pytest.raises(ConfigError, match=r"transport\.sink .* in use.*in the config"):
+            launcher.check_bindable(cfg)
+    launcher.check_bindable(cfg)  # free again: no error
+
+
+# --------------------------------------------------------------------------- exit codes
+
+
+@pytest.mark.parametrize(
+    ("captures", "sink", "code", "said"),
+    [
+        ({"a": 0, "b": 0}, 0, 0, None),
+        ({"a": 0}, 1, 1, "an output failed"),
+        ({"a": 0}, 2, 2, "the sink failed (exit 2)"),
+        ({"a": 2, "b": 0}, 0, 2, "capture failed for a (exit 2)"),
+        ({"a": 1, "b": 2}, 0, 1, "capture failed for a (exit 1), b (exit 2)"),
+        ({"a": -15}, -15, 0, None),
+        ({"a": None}, 0, 1, "a (did not stop)"),
+    ],
+)
+def test_exit_code_mapping(caplog: pytest.LogCaptureFixture, captures: dict[str, int | None],
+                           sink: int, code: int, said: str | None) -> None:
+    with caplog.at_level("ERROR", logger="stream.launcher"):
+        assert launcher.exit_code(0, captures, sink) == code
+    if said is None:
+        assert not caplog.records
+    else:
+        assert said in caplog.text
+
+
+@pytest.mark.timeout(60)
+def test_a_sink_exiting_1_makes_run_exit_1(monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Real child processes stand in for the roles (the seam is `spawn_role`): the sink says
+    an output failed (exit 1, issue item 11) after the captures ended normally."""
+    script = {"sink": "import sys, time; time.sleep(0.5); sys.exit(1)",
+              "capture": "import sys; sys.exit(0)",
+              "worker": "import time; time.sleep(60)"}
+
+    def fake_spawn(argv: list[str], config_json: str, name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", script[argv[0]]])
+
+    monkeypatch.setattr(launcher, "spawn_role", fake_spawn)
+    cfg = config_from_dict({"sources": [{"id": "a", "url": "a.mp4"}],
+                            "sink": {"events": f"tcp://127.0.0.1:{find_free_port_base(1)}"}})
+    with caplog.at_level("ERROR", logger="stream.launcher"):
+        assert launcher.run_all(cfg, threading.Event()) == 1
+    assert "the sink exited 1: an output failed" in caplog.text
+
+
+def test_private_dir_is_removed_even_on_error() -> None:
+    with pytest.raises(RuntimeError), launcher.private_dir() as folder:
+        (folder / "sink").write_text("x")
+        raise RuntimeError
+    assert not folder.exists()
+    assert os.access(folder.parent, os.W_OK)
