@@ -51,3 +51,15 @@ def test_unit_starts_a_command_the_cli_accepts(unit: Path, host: str) -> None:
         assert args.connect == (host or None)
     if args.command == "sink":
         assert args.forever
+
+
+@pytest.mark.parametrize("unit", sorted(UNITS.glob("*.service")), ids=lambda p: p.name)
+def test_unit_restarts_on_failure_but_not_on_a_config_error(unit: Path) -> None:
+    """Exit 1 (a crash, a failed output) restarts; exit 2 (fix the config) does not; and
+    the stop timeout leaves room for the capture's end-of-stream (within 5 s)."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read(unit)
+    service = parser["Service"]
+    assert service["Restart"] == "on-failure"
+    assert service["RestartPreventExitStatus"].split() == ["2"]
+    assert int(service["TimeoutStopSec"]) > 5
