@@ -13,6 +13,11 @@ Wire format (schema v1, see docs/events.md). Every event is a two-frame ZeroMQ m
     summary  {v, type, stream, ts, captured, labelled, dropped: {reason: count}, fps,
               latency_ms: {p50, p99}}
 
+A label event also carries ``smoothed`` (a list like ``labels``: the top-k of the
+probabilities averaged over the last ``sink.smoothing`` frames) when ``sink.smoothing`` > 1.
+A summary's ``captured`` is the capture's own count (from its end-of-stream), or ``None``
+while no end-of-stream has arrived: never guessed from labelled + dropped.
+
 ``seq`` counts a stream's frames from 0, ``ts`` is Unix seconds (capture wall time for
 label/change), ``id`` is the class index, ``name`` its display name, ``score`` a
 probability, ``labels`` are best first. Summary latencies are ``None`` until a frame has

@@ -1,4 +1,7 @@
 """Publishing and subscribing over ZeroMQ PUB/SUB: the sink's publisher, the client API.
+
+Both sides make their sockets through :class:`stream.transport.Sockets`, the one socket
+factory (HWM, ``MAXMSGSIZE``, linger, keepalive).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from stream.events.schema import (
     decode_event,
     encode_event,
 )
+from stream.transport import Sockets
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +51,16 @@ class EventPublisher:
         self.dropped = 0
 
     @classmethod
-    def bind(cls, ctx: zmq.Context[Any], endpoint: str, hwm: int = 1000) -> EventPublisher:
+    def bind(cls, ctx: zmq.Context[Any] | Sockets, endpoint: str,
+             hwm: int = 1000) -> EventPublisher:
         """Create a PUB socket bound to ``endpoint`` (``tcp://127.0.0.1:*`` picks a free port).
 
+        The socket is made by the one socket factory (:class:`stream.transport.Sockets`).
+
         Args:
-            ctx: the ZMQ context of the calling process.
+            ctx: the calling process's :class:`~stream.transport.Sockets` (which then owns
+                the socket too), or a bare ZMQ context (the publisher makes its own
+                ``Sockets`` on it).
             endpoint: where subscribers connect, e.g. ``tcp://0.0.0.0:5560``.
             hwm: events queued per subscriber before ZMQ drops for that subscriber.
 
@@ -60,10 +69,9 @@ class EventPublisher:
         """
         if hwm < 1:  # 0 would mean "unbounded" to ZMQ: a dead subscriber could eat all memory
             raise ConfigError(f"events hwm must be at least 1, got {hwm}")
-        sock: zmq.Socket[bytes] = ctx.socket(zmq.PUB)
+        sockets = ctx if isinstance(ctx, Sockets) else Sockets(ctx)
+        sock = sockets.socket(zmq.PUB, sndhwm=hwm, linger_ms=0, max_msg=MAX_EVENT_BYTES)
         try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, hwm)
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
@@ -168,13 +176,12 @@ class Subscriber:
         self.received = 0
         self.malformed = 0
         self.filtered = 0
-        self._own_ctx = ctx is None
-        self._ctx: zmq.Context[Any] = zmq.Context() if ctx is None else ctx
-        self._socket: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
+        # The one socket factory: owns a private context when none is given, and
+        # terminates it on close.
+        self._sockets = Sockets(ctx)
+        self._socket = self._sockets.socket(zmq.SUB, rcvhwm=hwm, linger_ms=0,
+                                            max_msg=MAX_EVENT_BYTES)
         try:
-            self._socket.setsockopt(zmq.LINGER, 0)
-            self._socket.setsockopt(zmq.RCVHWM, hwm)
-            self._socket.setsockopt(zmq.MAXMSGSIZE, MAX_EVENT_BYTES)
             for topic in _topics(self.streams, self.types):
                 self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
             self._socket.connect(endpoint)
@@ -216,11 +223,9 @@ class Subscriber:
 
     def close(self) -> None:
         """Close the socket (linger 0) and terminate the context if this object created it."""
-        sock = getattr(self, "_socket", None)
-        if sock is not None and not sock.closed:
-            sock.close(linger=0)
-        if self._own_ctx and not self._ctx.closed:
-            self._ctx.term()
+        sockets = getattr(self, "_sockets", None)
+        if sockets is not None:
+            sockets.close(linger_ms=0)
 
     def __enter__(self) -> Subscriber:
         return self

@@ -90,7 +90,7 @@ class SummaryEvent(TypedDict):
     type: Literal["summary"]
     stream: str
     ts: float
-    captured: int
+    captured: int | None
     labelled: int
     dropped: dict[str, int]
     fps: float
@@ -193,7 +193,7 @@ def status_event(
 
 def summary_event(
     stream: str,
-    captured: int,
+    captured: int | None,
     labelled: int,
     dropped: Mapping[str, int],
     fps: float,
@@ -203,15 +203,17 @@ def summary_event(
 ) -> SummaryEvent:
     """Build a ``summary`` event: totals of one stream so far (``ts`` defaults to now).
 
-    Invariant 1 says ``captured == labelled + sum(dropped.values())`` once a stream has
-    drained; while frames are in flight ``captured`` is larger.
+    ``captured`` is the number of frames the capture itself says it issued (from its
+    end-of-stream), or ``None`` when that is not known (no end-of-stream arrived): it is
+    never inferred from what the sink resolved. Invariant 1 says
+    ``captured == labelled + sum(dropped.values())`` once a stream has drained.
     """
     return {
         "v": EVENT_SCHEMA_VERSION,
         "type": "summary",
         "stream": stream,
         "ts": time.time() if ts is None else float(ts),
-        "captured": int(captured),
+        "captured": None if captured is None else int(captured),
         "labelled": int(labelled),
         "dropped": {str(k): int(v) for k, v in dropped.items()},
         "fps": float(fps),
@@ -318,7 +320,7 @@ def _check_event(ev: dict[str, Any]) -> None:
         c.str_("message")
         c.counters("counters")
     else:  # summary
-        c.int_("captured")
+        c.int_("captured", optional=True)
         c.int_("labelled")
         c.counters("dropped")
         c.number("fps")
@@ -363,8 +365,10 @@ class _Check:
         if not isinstance(s, str) or not 1 <= len(s) <= _MAX_STREAM_LEN:
             raise self.bad(key, f"a 1..{_MAX_STREAM_LEN} character string")
 
-    def int_(self, key: str) -> None:
+    def int_(self, key: str, optional: bool = False) -> None:
         v = self.get(key)
+        if v is None and optional:
+            return
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= _MAX_INT:
             raise self.bad(key, f"an integer in 0..{_MAX_INT}")
 

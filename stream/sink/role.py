@@ -1,0 +1,333 @@
+"""The sink role: wires intake → ordering → publisher + outputs, and reports.
+
+Each part does one job (see the package docstring); this module only moves what one part
+returns to the next, and owns the loop, the shutdown drain and the exit code:
+
+- 0 when all went well;
+- 1 when an output failed (a full disk, a codec that refused a frame): the failure is a
+  ``status`` event (``state: "output_failed"``) for its stream, a line in the summary, and
+  this exit code, while labels go on being published.
+
+Memory per camera (full frames held at most, the bound ``transport.hwm`` is about): the
+capture's video PUSH queue (``transport.hwm``, SNDHWM) + this sink's PULL queue for that
+capture's video connection (:data:`RCVHWM`: ZMQ bounds each peer's pipe separately) +
+the frames the reorder table holds while a label is late (a live stream's frames behind
+a missing label, at most ``fps × sink.reorder_timeout_s``; a lossless stream's capture
+sends only as many tasks as its workers hold) + the output queue (``QUEUE_SIZE``, shared
+by every stream of the sink). With the defaults that is 16 + 32 + 8 frames plus the
+reorder term, about 56 full frames (≈ 350 MB at 1080p) when labels keep up.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, TextIO
+
+import numpy as np
+import zmq
+
+from stream.config import StreamConfig
+from stream.outputs.base import OutputFrame
+from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status
+from stream.runtime import cpu_seconds
+from stream.sink.intake import Intake, Refusals
+from stream.sink.ordering import Ordering, Outcome, Refused, Released, StreamOrder
+from stream.sink.publisher import Publisher
+from stream.sink.report import Progress, ProgressRow, StreamReport, summary_lines
+
+log = logging.getLogger(__name__)
+
+RCVHWM = 32
+"""Messages the sink's PULL socket queues per connected peer. Small: the sink loop only
+joins and publishes (encoding happens on the output threads), so it keeps up, and every
+queued message may be a full frame."""
+
+QUEUE_SIZE = 8
+"""Frames an output's runner queues before live frames are dropped (``queue_full``)."""
+
+SUMMARY_EVERY_S = 10.0
+
+
+class Runner(Protocol):
+    """What the sink needs of an output runner (:class:`stream.outputs.runner.OutputRunner`)."""
+
+    def start(self) -> None: ...
+    def offer(self, frame: OutputFrame, wait: bool) -> bool: ...
+    def end_stream(self, stream: str) -> None: ...
+    def take_errors(self) -> list[tuple[str, str]]: ...
+    def counts(self, stream: str) -> Counter[str]: ...
+    def close(self, timeout_s: float = 10.0) -> None: ...
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    """How the sink behaves; built from the config by :func:`run_sink`."""
+
+    expected_streams: tuple[str, ...] = ()  # exit when all of these ended (empty: run forever)
+    reorder_timeout_s: float = 5.0
+    progress: bool = True
+
+
+class Sink:
+    """Runs until every expected stream has ended and drained, or ``stop`` is set.
+
+    Args:
+        intake: the inbox (None in tests that call :meth:`handle` directly).
+        outputs: (name, runner) pairs; the sink closes them when :meth:`run` ends.
+        clock: monotonic seconds (injected so tests drive time).
+    """
+
+    def __init__(self, settings: SinkSettings, publisher: Publisher, stop: threading.Event,
+                 intake: Intake | None = None, outputs: Sequence[tuple[str, Runner]] = (),
+                 out: TextIO = sys.stdout, err: TextIO = sys.stderr,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.s = settings
+        self.publisher = publisher
+        self.stop = stop
+        self.intake = intake
+        self.refusals = intake.refusals if intake is not None else Refusals()
+        self.outputs = list(outputs)
+        self.out = out
+        self.clock = clock
+        self.ordering = Ordering(settings.reorder_timeout_s)
+        self.progress = Progress(err, settings.progress)
+        self.output_errors: dict[str, list[tuple[str, str]]] = {}
+        self._rates: dict[str, deque[float]] = {}
+        self._last_summary = clock()
+
+    @property
+    def streams(self) -> dict[str, StreamOrder]:
+        """Every stream seen so far, by id."""
+        return self.ordering.streams
+
+    @property
+    def rejected(self) -> int:
+        """Messages refused so far (malformed, bad stream id, bogus seq)."""
+        return self.refusals.count
+
+    def finished(self) -> bool:
+        """True when every expected stream has ended and every seq is accounted for."""
+        return self.ordering.finished(self.s.expected_streams)
+
+    # -- input ---------------------------------------------------------------------------
+
+    def handle(self, msg: Message, now: float, peer: str = "?") -> None:
+        """Fold one decoded message in (outcomes of a restarted session go out at once)."""
+        if isinstance(msg, Status):
+            self.ordering.stream(msg.stream).take_counters(msg.counters)
+            self.publisher.status(msg.stream, msg.state, msg.message, msg.counters, msg.ts)
+            return
+        if not isinstance(msg, (Frame, Result, Drop, Hello, Eos)):
+            self.refusals(peer, "wrong_role", f"a {type(msg).__name__} message is not for "
+                          "the sink: is a worker or capture connected to the wrong endpoint?")
+            return
+        try:
+            released = self.ordering.handle(msg, now)
+        except Refused as exc:
+            self.refusals(peer, "seq_ahead", str(exc))
+            return
+        if isinstance(msg, Hello):
+            log.info("stream %s: %s %s %dx%d @ %.2f fps%s", msg.stream, msg.kind, msg.url,
+                     msg.width, msg.height, msg.fps,
+                     f", {msg.total_frames} frames" if msg.total_frames else "")
+        elif isinstance(msg, Eos) and msg.reason in ("error", "ended_early"):
+            log.warning("stream %s ended (%s): %s", msg.stream, msg.reason, msg.message)
+        self._emit(released, now)
+
+    def _receive(self, timeout_ms: int) -> None:
+        if self.intake is None:
+            return
+        received = self.intake.receive(timeout_ms)
+        now = self.clock()
+        for msg, peer in received:
+            self.handle(msg, now, peer)
+
+    # -- output --------------------------------------------------------------------------
+
+    def release(self, now: float, force: str | None = None) -> None:
+        """Emit, in seq order, everything ready (with ``force``, everything pending)."""
+        self._emit(self.ordering.release(now, force), now)
+
+    def _emit(self, released: list[Released], now: float) -> None:
+        for item in released:
+            if isinstance(item, Outcome):
+                self._outcome(item, now)
+                continue
+            st = self.ordering.stream(item.stream)
+            for _, runner in self.outputs:
+                runner.end_stream(item.stream)
+            self.publisher.summary(item.stream, st.stats)
+            if item.restarted:
+                log.info("stream %s: capture restarted: session %d", item.stream,
+                         item.session + 1)
+                self.publisher.new_session(item.stream)
+
+    def _outcome(self, o: Outcome, now: float) -> None:
+        rate = self._rates.setdefault(o.stream, deque(maxlen=30))
+        rate.append(now)
+        if o.result is not None:
+            latency, shown = self.publisher.label(o.frame, o.result)
+            self.ordering.stream(o.stream).stats.latencies_ms.append(latency)
+            self._offer(o, shown, None)
+        elif o.frame is not None:
+            self._offer(o, [], f"no label ({o.reason})")
+
+    def _offer(self, o: Outcome, labels: list[tuple[str, float]], note: str | None) -> None:
+        frame = o.frame
+        if not self.outputs or frame is None or frame.image is None:
+            return
+        st = self.ordering.stream(o.stream)
+        rate = self._rates[o.stream]
+        span = rate[-1] - rate[0]
+        img = np.frombuffer(frame.image, np.uint8).reshape(frame.height, frame.width, 3)
+        item = OutputFrame(
+            stream=o.stream, session=o.session, seq=o.seq, pts=frame.pts, ts=frame.ts,
+            image=img, labels=tuple(labels), note=note,
+            fps=(len(rate) - 1) / span if span > 0 else None,
+            source_fps=st.hello.fps if st.hello is not None else 25.0)
+        for _, runner in self.outputs:
+            # A file promises every frame in its video: wait for room. A live stream
+            # never waits: a full queue drops the frame for that output (counted).
+            runner.offer(item, wait=st.lossless)
+
+    def check_outputs(self) -> None:
+        """Turn new output errors into status events, summary lines and the exit code.
+
+        An error that belongs to no stream (stream ``""``: the output's ``close`` failed or
+        timed out) has no status event; the summary and the exit code still say it.
+        """
+        for name, runner in self.outputs:
+            for stream, message in runner.take_errors():
+                log.error("output %s failed%s: %s", name, f" for stream {stream}" * bool(stream),
+                          message)
+                self.output_errors.setdefault(stream, []).append((name, message))
+                if stream:
+                    self.publisher.status(stream, "output_failed", f"output {name}: {message}")
+
+    @property
+    def exit_code(self) -> int:
+        """0, or 1 when an output failed."""
+        return 1 if self.output_errors else 0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def run(self, drain_s: float = 3.0) -> int:
+        """The loop; on stop, waits up to ``drain_s`` for in-flight results, then gives up.
+
+        Returns:
+            The exit code (see the module docstring).
+        """
+        try:
+            while not self.stop.is_set() and not self.finished():
+                self._receive(50)
+                now = self.clock()
+                self.release(now)
+                self.check_outputs()
+                self.progress.update(now, self._progress_rows())
+                self.periodic_summaries(now)
+            if self.stop.is_set():
+                deadline = self.clock() + drain_s
+                while self.clock() < deadline and not self.ordering.all_drained():
+                    self._receive(50)
+                    self.release(self.clock())
+                self.release(self.clock(), force="shutdown")
+        finally:
+            for _, runner in self.outputs:
+                runner.close()
+            self.check_outputs()
+            self.progress.update(self.clock(), self._progress_rows(), final=True)
+            self.summary()
+        return self.exit_code
+
+    def _progress_rows(self) -> list[ProgressRow]:
+        rows = []
+        for st in self.streams.values():
+            total = st.hello.total_frames if st.hello is not None else None
+            done = st.next_seq - st.session.first_seq if total else st.stats.resolved
+            rows.append(ProgressRow(st.stream, done, total, st.stats.fps()))
+        return rows
+
+    def periodic_summaries(self, now: float) -> None:
+        """Running totals every SUMMARY_EVERY_S for live and long streams."""
+        if now - self._last_summary < SUMMARY_EVERY_S:
+            return
+        self._last_summary = now
+        for st in self.streams.values():
+            if not st.closed:
+                self.publisher.summary(st.stream, st.stats)
+
+    def summary(self) -> None:
+        """Print the per-stream table; publish a ``summary`` event for each stream still open
+        (drained ones published theirs when they ended)."""
+        reports = []
+        for st in self.streams.values():
+            outputs = {name: runner.counts(st.stream) for name, runner in self.outputs}
+            reports.append(StreamReport(st.stream, st.stats, outputs,
+                                        self.output_errors.get(st.stream, [])))
+            if not st.closed:
+                self.publisher.summary(st.stream, st.stats)
+        if not reports and not self.rejected:
+            return
+        resolved = sum(st.stats.resolved for st in self.streams.values())
+        if resolved:
+            log.info("sink: process cpu %.1f ms/frame over %d frames",
+                     1000 * cpu_seconds() / resolved, resolved)
+        self.out.write("\n".join(summary_lines(reports, self.refusals.by_kind)) + "\n")
+        for name, message in self.output_errors.get("", []):
+            self.out.write(f"output {name} failed: {message}\n")
+        if self.output_errors:
+            self.out.write("an output failed: see the lines above (exit code 1)\n")
+        self.out.flush()
+
+
+def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False) -> int:
+    """Wire and run the sink (``stream sink``): bind the inbox and the events socket, start
+    the outputs, run the loop.
+
+    Args:
+        run_forever: do not exit when the configured streams end (a long-lived sink that
+            captures on other machines come and go to).
+
+    Returns:
+        The exit code: 0, or 1 when an output failed.
+
+    Raises:
+        ConfigError: an endpoint cannot be bound, or the output folder or codec is unusable.
+    """
+    from stream.events import EventPublisher
+    from stream.model.labels import load_labels
+    from stream.transport import MAX_MESSAGE_BYTES, Sockets
+
+    s = cfg.sink
+    settings = SinkSettings(
+        expected_streams=() if run_forever else tuple(src.id for src in cfg.sources),
+        reorder_timeout_s=s.reorder_timeout_s)
+    labels = load_labels(cfg.model.labels)
+    outputs: list[tuple[str, Runner]] = []
+    if s.output_dir is not None:
+        # Imported here: the output modules (and their codecs) load only when video is on.
+        from stream.outputs.runner import OutputRunner
+        from stream.outputs.video_file import VideoFileOutput, check_video_output
+
+        check_video_output(s.output_dir, s.video_format, s.codec)
+        video = VideoFileOutput(s.output_dir, s.video_format, s.codec, s.draw)
+        outputs.append((video.name, OutputRunner(video, queue_size=QUEUE_SIZE)))
+    with Sockets() as sockets:
+        inbox = sockets.socket(zmq.PULL, rcvhwm=RCVHWM, linger_ms=0,
+                               max_msg=MAX_MESSAGE_BYTES)
+        sockets.bind(inbox, cfg.transport.sink, "sink")
+        pub = EventPublisher.bind(sockets, s.events)
+        log.info("label events on %s", s.events)
+        publisher = Publisher(pub.publish, labels, s.smoothing, cfg.model.top_k)
+        for _, runner in outputs:
+            runner.start()
+        sink = Sink(settings, publisher, stop, Intake(inbox), outputs)
+        code = sink.run()
+        pub.close(linger_ms=1000)  # the final summaries reach subscribers that keep up
+        return code

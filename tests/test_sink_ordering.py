@@ -1,0 +1,204 @@
+"""The sink's pure ordering part (stream/sink/ordering.py), driven by an explicit clock.
+
+Every count asserted here is set up by the test itself (how many frames it sent, which
+ones it labelled), never read back from what the ordering computed for itself.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from stream.protocol import Drop, Eos, Frame, Hello, Result
+from stream.sink.ordering import MAX_AHEAD, Ordering, Outcome, Refused, SessionEnded
+
+pytestmark = pytest.mark.timeout(30)
+
+IMG = bytes(4 * 4 * 3)
+
+
+def hello(stream: str, policy: str = "wait", seq: int = 0, total: int | None = None) -> Hello:
+    return Hello(stream, "file" if policy == "wait" else "rtsp", 25.0, 4, 4, total,
+                 "x.mp4", policy, seq)
+
+
+def frame(seq: int, stream: str = "a", image: bool = False) -> Frame:
+    return Frame(stream, seq, seq / 25, 100.0 + seq, 4, 4, IMG if image else None)
+
+
+def result(seq: int, stream: str = "a") -> Result:
+    return Result(stream, seq, 100.0 + seq, "w", (1, 0), (0.9, 0.1), 10.0)
+
+
+def outcomes(released: list[Outcome | SessionEnded]) -> list[Outcome]:
+    return [o for o in released if isinstance(o, Outcome)]
+
+
+def labelled(released: list[Outcome | SessionEnded], stream: str) -> list[int]:
+    return [o.seq for o in outcomes(released) if o.stream == stream and o.result is not None]
+
+
+def test_a_restart_of_one_stream_never_touches_another_streams_frames() -> None:
+    """Defect 3: a new session of `a` used to force out every stream's pending frames as
+    `capture_restarted`, so lossless `b` lost its in-flight frames and its labels became
+    `late`. Now `b` ends with every one of the frames the test sent, labelled."""
+    o = Ordering(timeout_s=1.0)
+    out: list[Outcome | SessionEnded] = []
+    out += o.handle(hello("a"), 0.0)
+    out += o.handle(hello("b"), 0.0)
+    for seq in range(4):
+        out += o.handle(frame(seq, "a"), 0.0)
+    for seq in range(10):  # b: ten frames in flight, no result yet
+        out += o.handle(frame(seq, "b"), 0.0)
+    out += o.release(0.5)
+    # a's capture restarts (its seq goes back to 0) while b's labels are still coming
+    out += o.handle(hello("a"), 1.0)
+    for seq in range(10):
+        out += o.handle(result(seq, "b"), 2.0)
+    out += o.handle(Eos("b", 10, "end"), 2.0)
+    out += o.release(2.0)
+    assert labelled(out, "b") == list(range(10))
+    b = o.streams["b"].stats
+    assert (b.labelled, dict(b.dropped), b.late, b.captured) == (10, {}, 0, 10)
+    # a's old session: its own four pending frames, and only those, were given up
+    a_drops = [(x.seq, x.reason) for x in outcomes(out) if x.stream == "a"]
+    assert a_drops == [(s, "capture_restarted") for s in range(4)]
+    assert [x for x in out if isinstance(x, SessionEnded)] == [
+        SessionEnded("a", 1, restarted=True), SessionEnded("b", 1, restarted=False)]
+
+
+def test_a_restart_does_not_time_out_a_live_streams_frames_either() -> None:
+    o = Ordering(timeout_s=5.0)
+    o.handle(hello("live", policy="drop"), 0.0)
+    o.handle(hello("a"), 0.0)
+    o.handle(frame(0, "live"), 0.0)
+    o.handle(frame(0, "a"), 0.0)
+    o.handle(hello("a"), 1.0)  # a restarts
+    o.handle(result(0, "live"), 1.5)
+    assert labelled(o.release(1.5), "live") == [0]
+    assert o.streams["live"].stats.dropped == {}
+
+
+def test_without_an_eos_captured_is_unknown_not_labelled_plus_dropped() -> None:
+    """Defect 9: `captured` used to fall back to labelled + dropped, which made the
+    invariant true by construction. Only the capture's own count (eos) is taken."""
+    o = Ordering(timeout_s=1.0)
+    for seq in range(3):
+        o.handle(frame(seq), 0.0)
+        o.handle(result(seq), 0.0)
+    o.release(0.0)
+    o.release(0.0, force="shutdown")
+    st = o.streams["a"].stats
+    assert st.labelled == 3
+    assert st.captured is None
+    # the capture's eos says it issued 5: two frames never reached this sink
+    o.handle(Eos("a", 5, "end"), 1.0)
+    o.release(3.0)
+    assert st.captured == 5 and st.dropped == {"lost": 2}
+
+
+def test_captured_counts_from_where_a_sink_started_mid_stream() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(hello("cam", policy="drop", seq=500), 0.0)
+    for seq in (500, 501):
+        o.handle(frame(seq, "cam"), 0.0)
+        o.handle(result(seq, "cam"), 0.0)
+    o.handle(Eos("cam", 502, "end"), 0.0)
+    assert labelled(o.release(0.0), "cam") == [500, 501]
+    assert o.streams["cam"].stats.captured == 2
+
+
+def test_results_after_their_seq_was_released_are_counted_late() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(hello("cam", policy="drop"), 0.0)
+    o.handle(frame(0, "cam"), 0.0)
+    o.handle(frame(1, "cam"), 0.0)
+    o.handle(result(1, "cam"), 0.0)
+    out = o.release(1.0)
+    assert [(x.seq, x.reason) for x in outcomes(out)] == [(0, "worker_lost"), (1, None)]
+    o.handle(result(0, "cam"), 1.1)
+    o.handle(result(0, "cam"), 1.2)
+    st = o.streams["cam"].stats
+    assert (st.late, st.labelled, dict(st.dropped)) == (2, 1, {"worker_lost": 1})
+
+
+def test_the_full_image_may_arrive_after_the_result() -> None:
+    """Frames with images come on the capture's video socket, results from workers: the
+    result often wins. The entry waits for its image (lossless: for ever)."""
+    o = Ordering(timeout_s=1.0)
+    o.handle(hello("a"), 0.0)
+    o.handle(result(0), 0.0)
+    assert o.release(50.0) == []
+    o.handle(frame(0, image=True), 50.0)
+    (out,) = o.release(50.0)
+    assert isinstance(out, Outcome) and out.result is not None
+    assert out.frame is not None and out.frame.image is not None
+
+
+def test_a_live_stream_waits_for_the_image_until_the_timeout_then_labels_without() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(hello("cam", policy="drop"), 0.0)
+    o.handle(result(0, "cam"), 0.0)
+    o.handle(result(1, "cam"), 0.0)
+    o.handle(frame(1, "cam", image=True), 0.5)
+    assert o.release(0.9) == []
+    out = outcomes(o.release(1.0))
+    assert [(x.seq, x.result is not None, x.frame is not None) for x in out] == [
+        (0, True, False), (1, True, True)]
+    o.handle(frame(0, "cam", image=True), 1.1)  # too late to be shown
+    assert o.streams["cam"].stats.late_frames == 1
+
+
+def test_a_drop_waits_for_its_frame_so_the_video_keeps_it() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(hello("a"), 0.0)
+    o.handle(Drop("a", 0, None, 1.0, "video_busy"), 0.0)
+    assert o.release(10.0) == []
+    o.handle(frame(0, image=True), 10.0)
+    (out,) = outcomes(o.release(10.0))
+    assert out.reason == "video_busy" and out.frame is not None
+
+
+def test_lossless_never_times_out_a_missing_result_live_does() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(hello("file"), 0.0)
+    o.handle(hello("cam", policy="drop"), 0.0)
+    o.handle(frame(0, "file"), 0.0)
+    o.handle(frame(0, "cam"), 0.0)
+    out = outcomes(o.release(100.0))
+    assert [(x.stream, x.reason) for x in out] == [("cam", "worker_lost")]
+    o.handle(result(0, "file"), 100.0)
+    assert labelled(o.release(100.0), "file") == [0]
+
+
+def test_a_gap_is_given_up_at_once_after_one_timeout() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(hello("a", total=101), 0.0)
+    o.handle(frame(100), 0.0)
+    o.handle(result(100), 0.0)
+    o.handle(Eos("a", 101, "end"), 0.0)
+    assert o.release(0.9) == []
+    out = o.release(1.0)
+    gap, label, end = out
+    assert isinstance(gap, Outcome) and (gap.seq, gap.count, gap.reason) == (0, 100, "lost")
+    assert isinstance(label, Outcome) and label.seq == 100 and label.result is not None
+    assert end == SessionEnded("a", 1, restarted=False)
+    assert o.streams["a"].stats.captured == 101 == 100 + 1
+
+
+def test_a_bogus_far_ahead_seq_is_refused() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(frame(0), 0.0)
+    with pytest.raises(Refused):
+        o.handle(frame(MAX_AHEAD + 1), 0.0)
+    assert list(o.streams["a"].pending) == [0]
+
+
+def test_force_without_eos_stops_at_the_last_known_seq() -> None:
+    o = Ordering(timeout_s=1.0)
+    o.handle(frame(0), 0.0)
+    o.handle(frame(2), 0.0)
+    o.handle(result(2), 0.0)
+    out = outcomes(o.release(0.0, force="shutdown"))
+    assert [(x.seq, x.count, x.reason) for x in out] == [
+        (0, 1, "shutdown"), (1, 1, "shutdown"), (2, 1, None)]
+    assert o.streams["a"].next_seq == 3
