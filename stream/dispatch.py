@@ -1,9 +1,11 @@
-"""Credit-based task dispatch from one capture to any number of workers.
+"""Both halves of the credit protocol between a capture and its workers.
 
-Capture binds a ROUTER socket; each worker connects a DEALER and sends ``credit``
-messages: its capacity (tasks it can hold at once) and the seqs it finished, after each
-inference and every half second as a heartbeat, ``bye`` on a clean exit. A task goes only
-to a worker holding fewer of this capture's tasks than its capacity, so:
+Capture binds a ROUTER socket (:func:`task_socket`); each worker connects a DEALER
+(:func:`worker_socket`) and sends ``credit`` messages: its capacity (tasks it can hold at
+once) and the seqs it finished, after each inference and every half second as a heartbeat,
+``bye`` on a clean exit. The capture half is :class:`Dispatcher`, the worker half
+:class:`CreditSender`. A task goes only to a worker holding fewer of this capture's tasks
+than its capacity, so:
 
 * frames never sit in queues they cannot leave: latency stays bounded by the credits a
   worker asked for (its infer requests plus a small prefetch), not by socket buffers;
@@ -12,22 +14,52 @@ to a worker holding fewer of this capture's tasks than its capacity, so:
   back to the capture, which re-sends them (lossless sources) or drops them with reason
   ``worker_lost`` (live sources);
 * a live source never waits: no credit anywhere means the frame is dropped as ``busy``.
+
+Credits are per capture (each capture sees only its own tasks). Nothing from the wire is
+trusted: a capacity above :data:`MAX_CAPACITY` is capped (a worker cannot make a capture
+hand it every frame), and malformed messages are counted, never fatal.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import zmq
 
+from stream import transport
 from stream.errors import ProtocolError
 from stream.protocol import Credit, Task, decode, encode
 from stream.runtime import Rejections
+from stream.transport import Socket, Sockets
 
 log = logging.getLogger(__name__)
+
+MAX_CAPACITY = 64
+"""Most tasks of one capture a worker may hold: more than any CPU/GPU keeps in flight
+(infer requests + prefetch), few enough that a lying worker cannot hoard a stream."""
+
+HEARTBEAT_S = 0.5
+"""How often a worker re-announces its credit when nothing finished (liveness)."""
+
+TASK_HWM = 1000
+"""Queue bound of the task link both ways; credits keep real use far below it."""
+
+
+def task_socket(sockets: Sockets) -> Socket:
+    """The capture's task socket: ROUTER (unroutable sends raise instead of vanishing)."""
+    return sockets.socket(zmq.ROUTER, sndhwm=TASK_HWM, rcvhwm=TASK_HWM, linger_ms=0,
+                          max_msg=transport.SMALL_MESSAGE_BYTES)
+
+
+def worker_socket(sockets: Sockets) -> Socket:
+    """A worker's link to one capture: DEALER; crops in, credits out."""
+    return sockets.socket(zmq.DEALER, sndhwm=TASK_HWM, rcvhwm=TASK_HWM, linger_ms=500)
+
+
+# --------------------------------------------------------------------------- capture half
 
 
 @dataclass
@@ -39,11 +71,11 @@ class _WorkerState:
 
 
 class Dispatcher:
-    """Tracks workers' credits and in-flight tasks on one ROUTER socket."""
+    """The capture half: tracks workers' credits and in-flight tasks on one ROUTER socket."""
 
     def __init__(
         self,
-        sock: zmq.Socket[bytes],
+        sock: Socket,
         worker_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,7 +94,13 @@ class Dispatcher:
 
     @property
     def inflight(self) -> int:
+        """Tasks sent and not yet done or lost."""
         return sum(len(w.inflight) for w in self.workers.values())
+
+    @property
+    def rejected(self) -> int:
+        """Messages from workers refused so far."""
+        return self._reject.count
 
     def poll(self, timeout_ms: int = 0) -> None:
         """Take in every pending credit message and notice workers gone silent."""
@@ -73,7 +111,6 @@ class Dispatcher:
             except zmq.Again:
                 break
             self._on_message(ident.bytes, [p.buffer for p in parts])
-            events = 1
         self._reap()
 
     def _on_message(self, ident: bytes, frames: list[memoryview]) -> None:
@@ -94,16 +131,11 @@ class Dispatcher:
         w.last_seen = self.clock()
         for seq in msg.done:
             w.inflight.pop(seq, None)
-        w.capacity = msg.capacity
+        w.capacity = min(msg.capacity, MAX_CAPACITY)
         if msg.bye:
             # A clean goodbye: whatever it still holds will not come back.
             log.info("worker %s left", w.name)
             self._lose(ident)
-
-    @property
-    def rejected(self) -> int:
-        """Messages from workers refused so far."""
-        return self._reject.count
 
     def _reap(self) -> None:
         now = self.clock()
@@ -143,11 +175,50 @@ class Dispatcher:
         return False
 
 
-def router_socket(ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
-    """The capture's task socket: ROUTER, unroutable sends raise instead of vanishing."""
-    sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    sock.setsockopt(zmq.SNDHWM, 1000)
-    sock.setsockopt(zmq.RCVHWM, 1000)
-    sock.setsockopt(zmq.LINGER, 0)
-    return sock
+# --------------------------------------------------------------------------- worker half
+
+
+class CreditSender:
+    """The worker half: tells every capture how many tasks it may send and which are done.
+
+    One instance per worker, one DEALER socket per capture (index ``i``). Credits go out
+    when a task finished (so the capture can send the next one at once) and every
+    :data:`HEARTBEAT_S` (so the capture knows the worker is alive). Only the thread that
+    owns the sockets may call it.
+    """
+
+    def __init__(self, name: str, capacity: int, socks: Sequence[Socket],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.socks = list(socks)
+        self.clock = clock
+        self._done: list[list[int]] = [[] for _ in self.socks]
+        self._last_beat: float | None = None
+
+    def done(self, i: int, seq: int) -> None:
+        """Task ``seq`` of capture ``i`` is finished (result or named drop sent)."""
+        self._done[i].append(seq)
+
+    def flush(self) -> None:
+        """Send what is due: every finished seq now, everyone's credit on the heartbeat."""
+        now = self.clock()
+        beat = self._last_beat is None or now - self._last_beat >= HEARTBEAT_S
+        if beat:
+            self._last_beat = now
+        for i in range(len(self.socks)):
+            if beat or self._done[i]:
+                self._send(i, bye=False)
+
+    def bye(self) -> None:
+        """A clean exit: capacity 0 and ``bye``; what was not reported done is re-sent."""
+        for i in range(len(self.socks)):
+            self._send(i, bye=True)
+
+    def _send(self, i: int, bye: bool) -> None:
+        done, self._done[i] = self._done[i], []
+        msg = Credit(self.name, 0 if bye else self.capacity, tuple(done), bye)
+        try:
+            transport.send(self.socks[i], msg, zmq.NOBLOCK)
+        except zmq.Again:
+            self._done[i] = done + self._done[i]  # try again with the next heartbeat

@@ -11,6 +11,9 @@ hangs mid-stream). Both bounds are OpenCV's own ``CAP_PROP_OPEN_TIMEOUT_MSEC`` /
 ``CAP_PROP_READ_TIMEOUT_MSEC`` (FFmpeg interrupt callback), checked against this OpenCV 5
 build. :class:`BackgroundSource` runs those calls on a helper thread so the capture loop
 never waits on them: it notices SIGTERM at once and measures stalls with its own clock.
+
+A source that skips something it cannot decode (an unreadable image in a folder) says so
+with an :class:`Unreadable` item instead of a frame, so the capture can count it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,18 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", 
 
 
 @dataclass(frozen=True)
+class Unreadable:
+    """An item the source skipped because it could not decode it (named for the log)."""
+
+    name: str
+
+
+Read = tuple[np.ndarray, float | None] | Unreadable | None
+"""What :meth:`FrameSource.read` returns: a frame and its media time in seconds, an
+:class:`Unreadable` item that was skipped, or None when nothing more came."""
+
+
+@dataclass(frozen=True)
 class SourceInfo:
     """What a source says about itself once open."""
 
@@ -75,8 +90,9 @@ class FrameSource(Protocol):
         """Open (or re-open) the source. Raises SourceError with a what-to-do message."""
         ...
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
-        """Next frame and its media time in seconds, or None when nothing more came."""
+    def read(self) -> Read:
+        """Next frame and its media time in seconds (or a skipped :class:`Unreadable`
+        item), or None when nothing more came."""
         ...
 
     def close(self) -> None:
@@ -239,7 +255,7 @@ class BackgroundSource:
     def open(self) -> SourceInfo:
         return self.submit(lambda s: s.open()).result()
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
+    def read(self) -> Read:
         return self.submit(lambda s: s.read()).result()
 
     def close(self, timeout_s: float = 0.25) -> None:
@@ -267,6 +283,20 @@ class BackgroundSource:
 # Every helper thread, while it runs (its thread keeps it alive): what _at_exit waits for.
 _HELPERS: weakref.WeakSet[_Helper] = weakref.WeakSet()
 
+# The exit status _at_exit uses when it has to cut the process short: 1 (a failure) until
+# the role says what it decided, so a crash never turns into a clean exit.
+_exit_status = 1
+
+
+def set_exit_status(code: int) -> None:
+    """Tell :func:`_at_exit` the status the process must end with (the role's decision).
+
+    Call it with the role's return code just before returning it; a process that crashes
+    without calling it ends with 1 even when a source call is still blocked at exit.
+    """
+    global _exit_status
+    _exit_status = code
+
 
 @atexit.register
 def _at_exit() -> None:
@@ -278,8 +308,8 @@ def _at_exit() -> None:
     atexit runs before that point, so wait here briefly for calls to return (a streaming
     read does within a frame time); if one outlives EXIT_WAIT_S (a blocked open or a stalled
     read, bounded only by OPEN_TIMEOUT_S / READ_TIMEOUT_S), end the process with
-    ``os._exit(0)`` instead (a live capture gets here only after its normal
-    shutdown, eos sent; the status is what that shutdown would have returned).
+    ``os._exit`` instead, with the status the role decided (:func:`set_exit_status`; 1 if
+    it never said, e.g. after a crash): a cut-short exit never hides a failure.
     """
     deadline = time.monotonic() + EXIT_WAIT_S
     while any(h.busy() for h in list(_HELPERS)):
@@ -290,7 +320,7 @@ def _at_exit() -> None:
             for stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):
                     stream.flush()
-            os._exit(0)
+            os._exit(_exit_status)
         time.sleep(0.05)  # polling a C call we cannot be notified about
 
 
@@ -314,9 +344,11 @@ class ImageFolderSource:
                 f"no images in {self.folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})"
             )
         self._i = 0
-        first = self._load(self._files[0])
+        # The first image that decodes gives the size; unreadable ones are reported by read.
+        first = next((img for img in map(self._load, self._files) if img is not None), None)
         if first is None:
-            raise SourceError(f"cannot decode image {self._files[0]}")
+            raise SourceError(f"none of the {len(self._files)} images in {self.folder} can "
+                              "be decoded: are they image files?")
         h, w = first.shape[:2]
         return SourceInfo(fps=self.fps, width=w, height=h, total_frames=len(self._files))
 
@@ -325,16 +357,14 @@ class ImageFolderSource:
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         return img if img is not None and img.size else None
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
-        while self._i < len(self._files):
-            path = self._files[self._i]
-            pts = self._i / self.fps
-            self._i += 1
-            img = self._load(path)
-            if img is not None:
-                return img, pts
-            log.warning("skipping unreadable image %s", path)
-        return None
+    def read(self) -> Read:
+        if self._i >= len(self._files):
+            return None
+        path = self._files[self._i]
+        pts = self._i / self.fps
+        self._i += 1
+        img = self._load(path)
+        return (img, pts) if img is not None else Unreadable(path.name)
 
     def close(self) -> None:
         self._files = []

@@ -4,7 +4,8 @@ Frames come in as raw u8 H×W×3 BGR crops (``task`` messages) and go straight i
 ``AsyncInferQueue`` as zero-copy views of the ZeroMQ buffers; PrePostProcessor inside the
 compiled model does the u8→f32 and NHWC→NCHW work. A worker tells each capture how many
 tasks it can hold (its infer requests plus one prefetch), so it never receives more than it
-can run soon; see :mod:`stream.dispatch` for the capture side of that contract.
+can run soon; both halves of that contract live in :mod:`stream.dispatch` (the worker's is
+:class:`~stream.dispatch.CreditSender`).
 
 Completions arrive on OpenVINO's threads; the callback turns logits into a true softmax and
 top-k and hands a ``result`` to one sender thread, the only user of the results socket
@@ -28,10 +29,12 @@ import zmq
 
 from stream import transport
 from stream.config import StreamConfig, connect_endpoint
+from stream.dispatch import CreditSender, worker_socket
 from stream.errors import ProtocolError
 from stream.model.runtime import top_ids
-from stream.protocol import Credit, Drop, Result, Task, decode
+from stream.protocol import Drop, Result, Task, decode
 from stream.runtime import Rejections, cpu_seconds
+from stream.transport import Socket, Sockets
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +74,14 @@ class Worker:
     over an inproc socket by the sender thread, which owns the results socket.
     """
 
-    HEARTBEAT_S = 0.5
-
     def __init__(
         self,
         settings: WorkerSettings,
         compiled: Any,
         input_hw: tuple[int, int],
-        captures: list[zmq.Socket[bytes]],
-        results: zmq.Socket[bytes],
-        ctx: zmq.Context[zmq.Socket[bytes]],
+        captures: list[Socket],
+        results: Socket,
+        sockets: Sockets,
         stop: threading.Event,
         requests: int = 0,
         prefetch: int = 1,
@@ -92,13 +93,14 @@ class Worker:
         self.input_hw = input_hw
         self.captures = captures
         self.results = results
-        self.ctx = ctx
+        self.sockets = sockets
         self.stop = stop
         n = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.nireq = max(1, n)
         # Each capture may have this many tasks here: enough to keep every request busy
         # while the next task is on its way, few enough to keep latency low.
         self.capacity = self.nireq + prefetch
+        self.credits = CreditSender(settings.name, self.capacity, captures)
         self.queue = ov.AsyncInferQueue(compiled, self.nireq)
         self.queue.set_callback(self._done)
         # (capture index, seq, message to the sink or None): the sender thread's work.
@@ -107,7 +109,6 @@ class Worker:
         self._closing = threading.Event()
         self._give_up_at: float | None = None
         self.pending: deque[tuple[int, Task, Any]] = deque()
-        self.done: list[list[int]] = [[] for _ in captures]
         self.counters: Counter[str] = Counter()
         self._rejections = Rejections(log)
         self._lock = threading.Lock()
@@ -135,21 +136,16 @@ class Worker:
             self.outbox.put((src, task.seq, Drop(task.stream, task.seq, task.pts, task.ts,
                                                  "inference_error")))
 
-    def _sender(self) -> None:
-        wake = self.ctx.socket(zmq.PUSH)
-        wake.setsockopt(zmq.LINGER, 0)
-        wake.connect(self._wake_addr)
-        try:
-            while True:
-                item = self.outbox.get()
-                if item is None:
-                    return
-                src, seq, msg = item
-                if msg is not None:
-                    self._deliver(msg)
-                wake.send_multipart([b"%d" % src, b"%d" % seq])
-        finally:
-            wake.close()
+    def _sender(self, wake: Socket) -> None:
+        """The results thread: the only user of ``results`` and of ``wake`` (PUSH)."""
+        while True:
+            item = self.outbox.get()
+            if item is None:
+                return
+            src, seq, msg = item
+            if msg is not None:
+                self._deliver(msg)
+            wake.send_multipart([b"%d" % src, b"%d" % seq])
 
     def _deliver(self, msg: Result | Drop) -> None:
         """Send to the sink; while the sink is away, wait (credits stop flowing, so the
@@ -171,14 +167,6 @@ class Worker:
                         self.counters["undelivered"] += 1
                     return
             self.results.poll(100, zmq.POLLOUT)
-
-    def _credit(self, i: int, bye: bool = False) -> None:
-        done, self.done[i] = self.done[i], []
-        msg = Credit(self.s.name, 0 if bye else self.capacity, tuple(done), bye)
-        try:
-            transport.send(self.captures[i], msg, zmq.NOBLOCK)
-        except zmq.Again:
-            self.done[i] = done + self.done[i]  # try again with the next heartbeat
 
     def _take_tasks(self, i: int) -> None:
         sock = self.captures[i]
@@ -220,10 +208,14 @@ class Worker:
 
     def run(self) -> int:
         """Work until ``stop`` is set; in-flight requests finish and their results go out."""
-        wake = self.ctx.socket(zmq.PULL)
-        wake.setsockopt(zmq.LINGER, 0)
-        wake.bind(self._wake_addr)
-        sender = threading.Thread(target=self._sender, name="results", daemon=True)
+        # Completions reach this thread over an inproc PUSH→PULL pair (ZMQ sockets are not
+        # thread-safe); the PUSH end is made here and handed to the sender thread.
+        wake = self.sockets.socket(zmq.PULL, linger_ms=0)
+        self.sockets.bind(wake, self._wake_addr, "worker wake-up")
+        wake_tx = self.sockets.socket(zmq.PUSH, linger_ms=0)
+        self.sockets.connect(wake_tx, self._wake_addr, "worker wake-up")
+        sender = threading.Thread(target=self._sender, args=(wake_tx,), name="results",
+                                  daemon=True)
         sender.start()
         poller = zmq.Poller()
         poller.register(wake, zmq.POLLIN)
@@ -232,7 +224,6 @@ class Worker:
         h, w = self.input_hw
         log.info("worker %s ready: %d infer requests, capacity %d per capture, input %dx%d",
                  self.s.name, self.nireq, self.capacity, w, h)
-        last_beat = 0.0
         last_report = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -243,13 +234,8 @@ class Worker:
                     if sock in ready:
                         self._take_tasks(i)
                 self._start_ready()
+                self.credits.flush()
                 now = time.monotonic()
-                beat = now - last_beat >= self.HEARTBEAT_S
-                for i in range(len(self.captures)):
-                    if beat or self.done[i]:
-                        self._credit(i)
-                if beat:
-                    last_beat = now
                 if now - last_report > 30:
                     last_report = now
                     log.info("worker %s: %s", self.s.name, dict(self.counters))
@@ -257,16 +243,16 @@ class Worker:
             self._shutdown(wake, sender)
         return 0
 
-    def _collect_done(self, wake: zmq.Socket[bytes]) -> None:
+    def _collect_done(self, wake: Socket) -> None:
         while True:
             try:
                 src, seq = wake.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.done[int(src)].append(int(seq))
+            self.credits.done(int(src), int(seq))
             self.counters["done"] += 1
 
-    def _shutdown(self, wake: zmq.Socket[bytes], sender: threading.Thread) -> None:
+    def _shutdown(self, wake: Socket, sender: threading.Thread) -> None:
         """Finish running requests, hand back queued tasks (bye), flush results."""
         self.queue.wait_all()
         self._closing.set()
@@ -275,9 +261,7 @@ class Worker:
         self._collect_done(wake)
         # Tasks that never started are not "done": the bye tells captures to re-send them.
         self.pending.clear()
-        for i in range(len(self.captures)):
-            self._credit(i, bye=True)
-        wake.close()
+        self.credits.bye()
         done = max(1, self.counters["done"])
         log.info("worker %s stopped: %s; mean request time %.1f ms; process cpu %.1f ms/frame",
                  self.s.name, dict(self.counters), self.infer_ms_total / done,
@@ -303,25 +287,16 @@ def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None
                                         m.requests)
     log.info("compiled %s on %s: inference precision %s", info.path, m.device,
              compiled.get_property("INFERENCE_PRECISION_HINT"))
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    captures: list[zmq.Socket[bytes]] = []
-    try:
+    with Sockets() as sockets:
+        captures: list[Socket] = []
         for ep in cfg.transport.frames_endpoints(len(cfg.sources)):
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 500)
-            sock.setsockopt(zmq.SNDHWM, 1000)
-            sock.setsockopt(zmq.RCVHWM, 1000)
+            sock = worker_socket(sockets)
+            sockets.connect(sock, connect_endpoint(ep, host), "frames")
             captures.append(sock)
-            transport.connect(sock, connect_endpoint(ep, host), "frames")
-        results = transport.push_socket(ctx, hwm=1000)
-        transport.connect(results, connect_endpoint(cfg.transport.sink, host), "sink")
-        try:
-            worker = Worker(WorkerSettings(name or default_worker_name(), m.top_k), compiled,
-                            (info.height, info.width), captures, results, ctx, stop, m.requests)
-            return worker.run()
-        finally:
-            results.close(linger=2000)
-    finally:
-        for sock in captures:
-            sock.close()
-        ctx.term()
+        # Results are small (top-k + probabilities); linger lets the last ones leave.
+        results = sockets.socket(zmq.PUSH, sndhwm=1000, linger_ms=2000)
+        sockets.connect(results, connect_endpoint(cfg.transport.sink, host), "sink")
+        worker = Worker(WorkerSettings(name or default_worker_name(), m.top_k), compiled,
+                        (info.height, info.width), captures, results, sockets, stop,
+                        m.requests)
+        return worker.run()

@@ -1,4 +1,4 @@
-"""Credit-based dispatch over real ROUTER/DEALER sockets (stream/dispatch.py)."""
+"""Both halves of credit-based dispatch over real ROUTER/DEALER sockets (stream/dispatch.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import pytest
 import zmq
 
 from stream import transport
-from stream.dispatch import Dispatcher, router_socket
+from stream.dispatch import (
+    HEARTBEAT_S,
+    MAX_CAPACITY,
+    CreditSender,
+    Dispatcher,
+    task_socket,
+    worker_socket,
+)
 from stream.protocol import Credit, Task, decode
+from stream.transport import Sockets
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,19 +34,16 @@ class Clock:
 
 @pytest.fixture
 def link() -> Iterator[tuple[Dispatcher, zmq.Socket[bytes], Clock]]:
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    router = router_socket(ctx)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    clock = Clock()
-    try:
-        yield Dispatcher(router, worker_timeout_s=5.0, clock=clock), dealer, clock
-    finally:
-        dealer.close(0)
-        router.close(0)
-        ctx.term()
+    with Sockets() as sockets:
+        router = task_socket(sockets)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer = worker_socket(sockets)
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        clock = Clock()
+        try:
+            yield Dispatcher(router, worker_timeout_s=5.0, clock=clock), dealer, clock
+        finally:
+            sockets.close(linger_ms=0)
 
 
 def task(seq: int) -> Task:
@@ -122,3 +127,50 @@ def test_garbage_from_a_worker_is_counted_not_fatal(
     wait_for(lambda: d.rejected == 3, d)
     transport.send(dealer, Credit("w1", 1))
     wait_for(lambda: d.credits == 1, d)
+
+
+def test_a_worker_cannot_claim_more_than_the_capacity_cap(
+    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
+) -> None:
+    d, dealer, _ = link
+    transport.send(dealer, Credit("greedy", 1_000_000))
+    wait_for(lambda: d.workers, d)
+    assert d.credits == MAX_CAPACITY
+    sent = 0
+    while d.try_send(task(sent)):
+        sent += 1
+        assert sent <= MAX_CAPACITY
+    assert sent == MAX_CAPACITY
+
+
+def test_credit_sender_reports_done_seqs_heartbeats_and_bye(
+    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
+) -> None:
+    """The worker half against the capture half: what one sends the other understands."""
+    d, dealer, capture_clock = link
+    clock = Clock()
+    credits = CreditSender("w1", 3, [dealer], clock=clock)
+    credits.flush()  # the first call is a heartbeat: the capture learns the capacity
+    wait_for(lambda: d.credits == 3, d)
+    for seq in range(3):
+        assert d.try_send(task(seq))
+        recv_task(dealer)
+    assert d.credits == 0
+    credits.done(0, 1)
+    credits.flush()  # not a heartbeat yet, but a finished seq goes out at once
+    wait_for(lambda: d.inflight == 2, d)
+    (state,) = d.workers.values()
+    seen = state.last_seen
+    capture_clock.t += 1.0
+    clock.t += HEARTBEAT_S / 2
+    credits.flush()  # nothing finished, no heartbeat due: nothing sent
+    d.poll(200)
+    assert state.last_seen == seen, "a credit went out before the heartbeat was due"
+    credits.done(0, 2)  # ... until a seq finishes
+    clock.t += HEARTBEAT_S / 2
+    credits.flush()
+    wait_for(lambda: d.inflight == 1, d)
+    assert state.last_seen == seen + 1.0
+    credits.bye()
+    wait_for(lambda: not d.workers, d)
+    assert [t.seq for t in d.take_lost()] == [0]

@@ -1,0 +1,152 @@
+"""The capture role: one source session feeding one router, wired from the config.
+
+:class:`Capture` runs a :class:`~stream.capture.session.SourceSession` (open, backoff,
+watchdog, read-ahead, pacing, staleness, loop) and hands every frame to a
+:class:`~stream.capture.router.Router` (crops to workers, frames and drops to the sink,
+the back-pressure policy). It decides the exit status: 0 when the source ended or stop was
+asked for, 2 for a source error (the message says what to do), 1 for a crash; whatever
+happened, the stream ends with a status ``ended`` and an ``eos``. :func:`run_capture` makes
+every socket through one :class:`~stream.transport.Sockets`, so no error path can leave the
+context waiting on an open socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from stream.capture.links import CaptureLinks, Link, sink_links
+from stream.capture.router import Router
+from stream.capture.session import STALL_TIMEOUT_S, CaptureSettings, SourceSession
+from stream.config import StreamConfig, connect_endpoint
+from stream.dispatch import Dispatcher, task_socket
+from stream.errors import ConfigError, SourceError
+from stream.runtime import cpu_seconds
+from stream.sources import FrameSource, ImageFolderSource, OpenCVSource, set_exit_status
+from stream.transport import Sockets
+
+log = logging.getLogger(__name__)
+
+
+def make_source(settings: CaptureSettings, rtsp_transport: str = "tcp",
+                fps: float | None = None) -> FrameSource:
+    """The FrameSource for a kind of URL."""
+    if settings.kind == "images":
+        return ImageFolderSource(settings.url, fps or 25.0)
+    return OpenCVSource(settings.url, settings.kind, rtsp_transport=rtsp_transport)
+
+
+class Capture:
+    """Runs one source until it ends or ``stop`` is set; see the module docstring."""
+
+    make_source = staticmethod(make_source)
+
+    def __init__(
+        self,
+        settings: CaptureSettings,
+        source: FrameSource,
+        links: CaptureLinks,
+        stop: threading.Event,
+        clock: Callable[[], float] = time.time,
+        *,
+        worker_timeout_s: float = 5.0,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
+    ) -> None:
+        self.s = settings
+        self.stop = stop
+        self.counters: Counter[str] = Counter()
+        self.router = Router(settings, Link(links.control, stop), Link(links.video, stop),
+                             Dispatcher(links.tasks, worker_timeout_s), stop, self.counters,
+                             clock)
+        self.session = SourceSession(settings, source, stop, self.router, self.counters,
+                                     stall_timeout_s=stall_timeout_s)
+
+    @property
+    def seq(self) -> int:
+        """Seqs issued so far."""
+        return self.router.seq
+
+    def run(self) -> int:
+        """Capture until the source ends (files) or stop is set; always sends ``eos``.
+
+        Returns:
+            0 (ended or stopped), 2 (source error), 1 (crash: logged with its traceback).
+        """
+        reason, message, code = "shutdown", "", 1
+        try:
+            for item in self.session.frames():
+                self.router.route(item)
+            (reason, message), code = self.session.end, 0
+        except SourceError as exc:
+            reason, message, code = "error", str(exc), 2
+            log.error("%s: %s", self.s.stream, exc)
+        except Exception as exc:  # a bug or a library error: still end the stream honestly
+            reason, message = "error", f"{type(exc).__name__}: {exc}"
+            log.exception("%s: capture failed", self.s.stream)
+        finally:
+            # Whatever ended the loop (also an exception we do not catch), the stream ends
+            # with its eos; the exit status stays a failure until decided above.
+            set_exit_status(code)
+            self.session.close()
+            self.router.drain(self.router.policy.drain_timeout_s)
+            self.router.finish(reason, message)
+            self._report()
+        return code
+
+    def _report(self) -> None:
+        """The closing log lines (scripts/benchmark.py parses ``stage ms/frame`` and
+        ``process cpu``)."""
+        n = self.router.seq
+        cpu = f"; process cpu {1000 * cpu_seconds() / n:.1f} ms/frame" if n else ""
+        log.info("%s: stage ms/frame: %s%s", self.s.stream, self.router.timing_report(), cpu)
+        log.info("%s: %d frames captured (%s)", self.s.stream, n,
+                 ", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())) or "no drops")
+
+
+def model_input_size(model_path: str) -> tuple[int, int]:
+    """(width, height) of the IR's image input, read from the IR itself."""
+    import openvino as ov
+
+    from stream.model.runtime import inspect_classifier
+
+    _, info = inspect_classifier(ov.Core(), model_path)
+    return info.width, info.height
+
+
+def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
+                sink_host: str | None = None) -> int:
+    """Wire and run the capture of one configured source (``stream capture``).
+
+    Args:
+        cfg: the deployment config; ``source_id`` picks the source.
+        sink_host: connect to the sink on this host instead of the configured one.
+    Returns:
+        The exit status (see :meth:`Capture.run`).
+    Raises:
+        ConfigError: no source with that id, or an endpoint cannot be bound/connected.
+    """
+    index = next((i for i, s in enumerate(cfg.sources) if s.id == source_id), None)
+    if index is None:
+        ids = ", ".join(s.id for s in cfg.sources)
+        raise ConfigError(f"no source {source_id!r} in the config (sources: {ids})")
+    src = cfg.sources[index]
+    kind = src.resolved_kind()
+    settings = CaptureSettings(
+        stream=src.id, url=src.url, kind=kind, policy=src.resolved_policy(),
+        loop=src.loop, realtime=src.realtime,
+        fps_cap=src.fps if kind in ("rtsp", "camera") else None,
+        send_images=cfg.sink.output_dir is not None,
+        input_size=model_input_size(cfg.model.path),
+    )
+    source = make_source(settings, src.rtsp_transport, src.fps)
+    with Sockets() as sockets:
+        tasks = task_socket(sockets)
+        sockets.bind(tasks, cfg.transport.frames_endpoint(index), "frames")
+        control, video = sink_links(sockets, cfg.transport.hwm)
+        sink = connect_endpoint(cfg.transport.sink, sink_host)
+        sockets.connect(control, sink, "sink")
+        sockets.connect(video, sink, "sink")
+        return Capture(settings, source, CaptureLinks(tasks, control, video), stop).run()

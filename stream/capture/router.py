@@ -1,0 +1,213 @@
+"""Where each captured frame goes: the crop to a worker, the frame to the sink, or a drop.
+
+Per frame: stamp (stream, seq, pts, wall ts) → ask the back-pressure policy
+(:mod:`stream.capture.policy`) whether to drop it at once (``busy``, ``stale``) → crop to
+the model input with the accuracy preprocessing → ``task`` to a worker through the credit
+:class:`~stream.dispatch.Dispatcher` → exactly one ``Frame`` for the sink: the full image on
+the video link when the sink writes video and the link takes it, else a stamp on the control
+link (``video_busy`` when a live source could not queue the full frame) → a ``Drop`` naming
+why, when the task did not go out. Crops are ~150 KB, so worker links stay light, and the
+full frame goes straight to the sink, so a dead worker costs a label, never an output frame.
+
+The stream always ends with a status ``ended`` and an ``eos`` carrying the number of seqs
+issued (the capture's own count), sent with their own deadline whatever the stop flag, so
+the sink can account for every frame (invariant 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+import numpy as np
+
+from stream.capture.links import Link
+from stream.capture.policy import policy_for
+from stream.capture.session import Captured, CaptureSettings
+from stream.config.redact import redact_url
+from stream.dispatch import Dispatcher
+from stream.preprocess import CropPlan, center_crop_resize, plan_crop
+from stream.protocol import Drop, Eos, Frame, Hello, Message, Status, Task
+from stream.sources import SourceInfo
+
+log = logging.getLogger(__name__)
+
+FINAL_SEND_S = 5.0
+"""Deadline for the final status and ``eos``, whatever the stop flag."""
+STOP_DRAIN_S = 2.0
+"""After stop, how long the end of a stream still waits for workers' last frames."""
+
+
+class Router:
+    """Sends one capture's messages: tasks to workers, frames/drops/status/eos to the sink.
+
+    It is also the session's :class:`~stream.capture.session.SessionEvents` listener.
+    """
+
+    def __init__(
+        self,
+        settings: CaptureSettings,
+        control: Link,
+        video: Link,
+        dispatcher: Dispatcher,
+        stop: threading.Event,
+        counters: Counter[str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.s = settings
+        self.policy = policy_for(settings.policy)
+        self.control = control
+        self.video = video
+        self.dispatcher = dispatcher
+        self.stop = stop
+        self.counters = counters
+        self.clock = clock
+        self.seq = 0  # seqs issued so far: the count eos carries
+        self.retry: deque[Task] = deque()  # tasks of lost workers, to re-send (wait policy)
+        self.shown_url = redact_url(settings.url)
+        self._plan: CropPlan | None = None
+        # Seconds spent per stage (source = decode + pacing), reported at the end.
+        self.timing: dict[str, float] = dict.fromkeys(
+            ("source", "preprocess", "wait_workers", "to_sink"), 0.0)
+        self._t_end: float | None = None
+
+    # -- session events ----------------------------------------------------------------
+
+    def opened(self, info: SourceInfo) -> None:
+        """A (re)connect: a fresh ``hello`` (the size may change); seq goes on counting."""
+        total = None if self.s.loop else info.total_frames
+        self._send_control(Hello(self.s.stream, self.s.kind, info.fps, info.width,
+                                 info.height, total, self.shown_url, self.policy.name,
+                                 self.seq))
+
+    def status(self, state: str, message: str = "") -> None:
+        """Log a state change and send it with the running counters."""
+        message = redact_url(message)
+        log.info("%s %s %s", self.s.stream, state, message)
+        self._send_control(Status(self.s.stream, state, self.clock(), message,
+                                  dict(self.counters)))
+
+    # -- frames ------------------------------------------------------------------------
+
+    def route(self, item: Captured) -> None:
+        """Stamp one decoded frame and send it on (or drop it, with a reason)."""
+        t0 = time.perf_counter()
+        if self._t_end is not None:
+            self.timing["source"] += t0 - self._t_end  # decode (and pacing) of this frame
+        seq, ts = self.seq, self.clock()
+        self.seq += 1
+        self.pump(0)
+        why = self.policy.refuse(self, item.stale)
+        if why is not None:
+            # Decided before the (costly) crop: a frame no worker can take now, or one
+            # that is already older than the staleness budget.
+            self._send_frame(seq, ts, item)
+            self.drop(seq, item.pts, ts, why)
+            self._t_end = time.perf_counter()
+            return
+        h, w = item.frame.shape[:2]
+        plan = self._plan
+        if plan is None or (w, h) != (plan.src_w, plan.src_h):
+            plan = self._plan = plan_crop(w, h, *self.s.input_size)
+        crop = center_crop_resize(item.frame, (plan.out_w, plan.out_h), plan)
+        task = Task(self.s.stream, seq, item.pts, ts, crop.shape[0], crop.shape[1],
+                    crop.tobytes())
+        t1 = time.perf_counter()
+        sent = self.policy.dispatch(self, task)
+        t2 = time.perf_counter()
+        self._send_frame(seq, ts, item)
+        if not sent:
+            self.drop(seq, item.pts, ts, "shutdown" if self.stop.is_set() else "busy")
+        self._t_end = time.perf_counter()
+        self.timing["preprocess"] += t1 - t0
+        self.timing["wait_workers"] += t2 - t1
+        self.timing["to_sink"] += self._t_end - t2
+
+    def _send_frame(self, seq: int, ts: float, item: Captured) -> None:
+        """Exactly one ``Frame`` per seq: full on the video link, or a stamp on control."""
+        h, w = item.frame.shape[:2]
+        if self.s.send_images:
+            image = np.ascontiguousarray(item.frame).data
+            if self.video.send(Frame(self.s.stream, seq, item.pts, ts, w, h, image),
+                               self.policy.send_timeout_s):
+                return
+            self.counters["video_busy"] += 1
+        self._send_control(Frame(self.s.stream, seq, item.pts, ts, w, h, None))
+
+    def drop(self, seq: int, pts: float | None, ts: float, why: str) -> None:
+        """Count a frame that will get no label and tell the sink why."""
+        self.counters[why] += 1
+        self._send_control(Drop(self.s.stream, seq, pts, ts, why))
+
+    def _send_control(self, msg: Message) -> None:
+        if not self.control.send(msg, self.policy.send_timeout_s):
+            self.counters["sink_busy"] += 1
+
+    # -- workers -----------------------------------------------------------------------
+
+    def pump(self, timeout_ms: int) -> None:
+        """Take in credits (waiting up to ``timeout_ms``) and hand lost tasks to the policy."""
+        self.dispatcher.poll(timeout_ms)
+        for task in self.dispatcher.take_lost():
+            self.policy.lost(self, task)
+
+    def resend_lost(self) -> bool:
+        """Re-send what lost workers held, oldest first; True when none is left waiting."""
+        while self.retry:
+            if not self.dispatcher.try_send(self.retry[0]):
+                return False
+            self.retry.popleft()
+        return True
+
+    def drain(self, timeout_s: float | None) -> None:
+        """At the end of a stream: wait until workers finished (or lost) every frame.
+
+        Bounded by ``timeout_s`` and, once stop is set (also before the call), by
+        :data:`STOP_DRAIN_S`; what is still waiting to be re-sent then is dropped as
+        ``shutdown``.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        stop_deadline: float | None = None
+        while self.dispatcher.inflight or self.retry:
+            now = time.monotonic()
+            if stop_deadline is None and self.stop.is_set():
+                stop_deadline = now + STOP_DRAIN_S
+                deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
+            if deadline is not None and now >= deadline:
+                break
+            self.pump(100)
+            self.resend_lost()
+        while self.retry:
+            task = self.retry.popleft()
+            self.drop(task.seq, task.pts, task.ts, "shutdown")
+
+    # -- the end -----------------------------------------------------------------------
+
+    def finish(self, reason: str, message: str, timeout_s: float = FINAL_SEND_S) -> bool:
+        """Send status ``ended`` and ``eos`` within ``timeout_s``, stop or not.
+
+        Returns:
+            True if both were queued for the sink.
+        """
+        deadline = time.monotonic() + timeout_s
+        text = redact_url(f"{reason} {message}".strip())
+        log.info("%s ended %s", self.s.stream, text)
+        final: list[Message] = [
+            Status(self.s.stream, "ended", self.clock(), text, dict(self.counters)),
+            Eos(self.s.stream, self.seq, reason, redact_url(message)),
+        ]
+        for msg in final:
+            left = max(0.0, deadline - time.monotonic())
+            if not self.control.send(msg, left, until_stop=False):
+                log.warning("%s: the sink did not take the end of the stream within %.0f s "
+                            "(is it running?)", self.s.stream, timeout_s)
+                return False
+        return True
+
+    def timing_report(self) -> str:
+        """Mean milliseconds per frame in each stage: where a slow pipeline spends its time."""
+        n = max(1, self.seq)
+        return ", ".join(f"{k} {1000 * v / n:.1f}" for k, v in self.timing.items())
