@@ -169,7 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_for_run(args)
     _preflight(cfg)
     if cfg.sink.output_dir is not None:
-        from stream.video_out import check_video_output
+        from stream.outputs.video_file import check_video_output
 
         check_video_output(cfg.sink.output_dir, cfg.sink.video_format, cfg.sink.codec)
     _prepare_model(cfg)

@@ -170,9 +170,10 @@ class TransportConfig(Strict):
         le=10000,
         description="Full frames a capture may queue on its video link to the sink (ZMQ "
         "send high-water mark, messages; only when video is written); a file source waits "
-        "beyond it, a live one sends the stamp alone. Full frames held per camera in all: "
-        "about hwm + 32 (the sink's receive queue) + 8 (the output's queue). Stamps and "
-        "labels travel on their own links; frames to workers need no setting (credits).",
+        "beyond it, a live one sends the stamp alone. Full frames held per camera in all, "
+        "while labels keep up: about hwm + 32 (the sink's receive queue) + 8 (the output's "
+        "queue); see docs/config.md. Stamps and labels travel on their own links; frames to "
+        "workers need no setting (credits).",
     )
 
     @field_validator("sink", "frames")
