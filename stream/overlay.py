@@ -1,8 +1,12 @@
-"""PURE drawing: the top-k labels, stream id and fps onto a full-resolution frame, in place.
+"""PURE drawing for the outputs: the label panel (:func:`draw_overlay`) and letterboxing.
 
 Only a small panel in the top-left corner is touched (a translucent box blended over the
 region it covers, then text), so drawing costs the same on 720p as on 4K. Text scales with
 the frame height so it stays readable on both.
+
+:func:`letterbox` fits a frame of another size into an output's fixed frame size (a video
+file has one size; a camera may change resolution mid-stream) keeping its aspect ratio,
+with black bars, instead of stretching it.
 """
 
 from __future__ import annotations
@@ -52,3 +56,25 @@ def draw_overlay(
         cv2.putText(frame, text, (line_h // 2, y), FONT, s, colour, thick, cv2.LINE_AA)
         y += int(line_h * (1.25 if s > scale else 1.0))
     return frame
+
+
+def letterbox(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A new ``height×width×3`` u8 frame with ``frame`` scaled to fit, centred, black bars.
+
+    The aspect ratio is kept (each side scaled by the same factor, rounded to whole
+    pixels), so circles stay circles; area interpolation when shrinking, bilinear when
+    growing.
+
+    Args:
+        frame: u8 H×W×3, read-only is fine (it is not modified).
+        width, height: the output size, at least 1 each.
+    """
+    h, w = frame.shape[:2]
+    scale = min(width / w, height / h)
+    new_w = min(width, max(1, round(w * scale)))
+    new_h = min(height, max(1, round(h * scale)))
+    out = np.zeros((height, width, 3), np.uint8)
+    x0, y0 = (width - new_w) // 2, (height - new_h) // 2
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out[y0:y0 + new_h, x0:x0 + new_w] = cv2.resize(frame, (new_w, new_h), interpolation=interp)
+    return out
