@@ -59,7 +59,8 @@ def test_the_summary_says_what_is_unknown_ended_early_and_connect_failures() -> 
         sink.handle(Result("clip", seq, 1.0, "w", (1,), (0.9,), 1.0), 0.0)
     sink.handle(Eos("clip", 96, "ended_early", "source ended early: 96 of 200 frames"), 0.0)
     sink.handle(Hello("cam", "rtsp", 25.0, 4, 4, None, "rtsp://h/x", "drop"), 0.0)
-    sink.handle(Status("cam", "reconnecting", 1.0, "404", {"connect_failures": 7}), 0.0)
+    sink.handle(Status("cam", "reconnecting", 1.0, "404",
+                       {"connect_failures": 7, "unreadable": 0, "reconnects": 2}), 0.0)
     sink.handle(Frame("cam", 0, None, 1.0, 4, 4), 0.0)
     sink.handle(Result("cam", 0, 1.0, "w", (1,), (0.9,), 1.0), 0.0)
     sink.release(0.0)
@@ -72,6 +73,7 @@ def test_the_summary_says_what_is_unknown_ended_early_and_connect_failures() -> 
     assert "cam: captured: unknown, no end-of-stream from capture" in text
     assert "clip: ended early: 96 of 200 frames" in text
     assert "cam: connect failures: 7" in text
+    assert "cam: capture counters: reconnects=2" in text
 
 
 def test_output_counts_and_failures_are_listed_under_their_stream() -> None:
@@ -84,3 +86,17 @@ def test_output_counts_and_failures_are_listed_under_their_stream() -> None:
     assert "  a: output video: failed 1, written 2" in lines
     assert "  a: output video failed: No space left on device" in lines
     assert lines[-1] == "rejected malformed messages: 2 (malformed=2)"
+
+
+def test_refusals_are_counted_each_time_and_logged_once_per_peer_and_kind(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from stream.sink.intake import Refusals
+
+    refusals = Refusals()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(50):
+            refusals("10.0.0.9:4000", "bad_stream_id", "stream '../x'")
+        refusals("10.0.0.9:4000", "malformed", "not msgpack")
+        refusals("10.0.0.8:4000", "bad_stream_id", "stream '/etc'")
+    assert refusals.by_kind == {"bad_stream_id": 51, "malformed": 1}
+    assert len(caplog.records) == 3

@@ -8,6 +8,7 @@ in whatever order the network delivers them. One job per part:
     ordering.py   PURE: per-stream join, reorder, timeouts, sessions, accounting (own clock)
     smoothing.py  PURE: smoothed top-k and top-1 change detection
     publisher.py  the one publisher of label/change/status/summary events; redacts them all
+    feed.py       released frames → each output's runner (wait for files, never for live)
     report.py     the progress line and the summary table
     role.py       wiring (Sockets, EventPublisher, OutputRunner per output), loop, exit code
 

@@ -46,7 +46,7 @@ class Refusals:
 
     def __init__(self, logger: logging.Logger = log) -> None:
         self.by_kind: Counter[str] = Counter()
-        self._logged: set[tuple[str, str]] = set()
+        self.logged: set[tuple[str, str]] = set()  # (peer, kind) already logged
         self._log = logger
 
     @property
@@ -58,9 +58,9 @@ class Refusals:
         """Count one refusal; log it if it is the first of its kind from that peer."""
         self.by_kind[kind] += 1
         key = (peer, kind)
-        if key in self._logged or len(self._logged) >= MAX_LOGGED_KEYS:
+        if key in self.logged or len(self.logged) >= MAX_LOGGED_KEYS:
             return
-        self._logged.add(key)
+        self.logged.add(key)
         self._log.warning("refused a message from %s (%s): %s; more like it from there are "
                           "counted in the summary, not logged", peer, kind, detail)
 

@@ -9,7 +9,8 @@ The table has one row per stream, in fixed columns other tools parse::
 ``written`` is what the first output (the video file) wrote; under a row come only the
 lines that have something to say: per-output counts when an output dropped or failed,
 the output's error, "ended early: N of M", an error end, the capture's connect failures
-(from its last status counters), late results and frames.
+and its other non-zero counters (from its last status message: unreadable images skipped,
+reconnects, ...), late results and frames.
 """
 
 from __future__ import annotations
@@ -105,6 +106,9 @@ def _notes(rep: StreamReport) -> list[str]:
             notes.append(f"ended with an error{which}: {eos.message or 'no message'}")
     if s.counters.get("connect_failures"):
         notes.append(f"connect failures: {s.counters['connect_failures']}")
+    other = {k: v for k, v in sorted(s.counters.items()) if v and k != "connect_failures"}
+    if other:  # e.g. unreadable images skipped, reconnects, stalls, video_busy
+        notes.append("capture counters: " + ", ".join(f"{k}={v}" for k, v in other.items()))
     if s.late_frames:
         notes.append(f"frames that came after their seq was released (not written): "
                      f"{s.late_frames}")

@@ -24,18 +24,16 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, TextIO
+from typing import TextIO
 
-import numpy as np
 import zmq
 
 from stream.config import StreamConfig
-from stream.outputs.base import OutputFrame
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status
 from stream.runtime import cpu_seconds
+from stream.sink.feed import OutputFeed, Runner
 from stream.sink.intake import Intake, Refusals
 from stream.sink.ordering import Ordering, Outcome, Refused, Released, StreamOrder
 from stream.sink.publisher import Publisher
@@ -52,17 +50,6 @@ QUEUE_SIZE = 8
 """Frames an output's runner queues before live frames are dropped (``queue_full``)."""
 
 SUMMARY_EVERY_S = 10.0
-
-
-class Runner(Protocol):
-    """What the sink needs of an output runner (:class:`stream.outputs.runner.OutputRunner`)."""
-
-    def start(self) -> None: ...
-    def offer(self, frame: OutputFrame, wait: bool) -> bool: ...
-    def end_stream(self, stream: str) -> None: ...
-    def take_errors(self) -> list[tuple[str, str]]: ...
-    def counts(self, stream: str) -> Counter[str]: ...
-    def close(self, timeout_s: float = 10.0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -93,13 +80,11 @@ class Sink:
         self.stop = stop
         self.intake = intake
         self.refusals = intake.refusals if intake is not None else Refusals()
-        self.outputs = list(outputs)
+        self.feed = OutputFeed(outputs)
         self.out = sys.stdout if out is None else out  # (looked up now: tests swap it)
         self.clock = clock
         self.ordering = Ordering(settings.reorder_timeout_s)
         self.progress = Progress(sys.stderr if err is None else err, settings.progress)
-        self.output_errors: dict[str, list[tuple[str, str]]] = {}
-        self._rates: dict[str, deque[float]] = {}
         self._last_summary = clock()
 
     @property
@@ -160,61 +145,37 @@ class Sink:
             if isinstance(item, Outcome):
                 self._outcome(item, now)
                 continue
-            st = self.ordering.stream(item.stream)
-            for _, runner in self.outputs:
-                runner.end_stream(item.stream)
-            self.publisher.summary(item.stream, st.stats)
+            self.feed.end_stream(item.stream)
+            self.publisher.summary(item.stream, self.ordering.stream(item.stream).stats)
             if item.restarted:
                 log.info("stream %s: capture restarted: session %d", item.stream,
                          item.session + 1)
                 self.publisher.new_session(item.stream)
 
     def _outcome(self, o: Outcome, now: float) -> None:
-        rate = self._rates.setdefault(o.stream, deque(maxlen=30))
-        rate.append(now)
-        if o.result is not None:
-            latency, shown = self.publisher.label(o.frame, o.result)
-            self.ordering.stream(o.stream).stats.latencies_ms.append(latency)
-            self._offer(o, shown, None)
-        elif o.frame is not None:
-            self._offer(o, [], f"no label ({o.reason})")
-
-    def _offer(self, o: Outcome, labels: list[tuple[str, float]], note: str | None) -> None:
-        frame = o.frame
-        if not self.outputs or frame is None or frame.image is None:
-            return
         st = self.ordering.stream(o.stream)
-        rate = self._rates[o.stream]
-        span = rate[-1] - rate[0]
-        img = np.frombuffer(frame.image, np.uint8).reshape(frame.height, frame.width, 3)
-        item = OutputFrame(
-            stream=o.stream, session=o.session, seq=o.seq, pts=frame.pts, ts=frame.ts,
-            image=img, labels=tuple(labels), note=note,
-            fps=(len(rate) - 1) / span if span > 0 else None,
-            source_fps=st.hello.fps if st.hello is not None else 25.0)
-        for _, runner in self.outputs:
-            # A file promises every frame in its video: wait for room. A live stream
-            # never waits: a full queue drops the frame for that output (counted).
-            runner.offer(item, wait=st.lossless)
+        self.feed.tick(o.stream, now)
+        if o.result is not None:
+            latency, labels = self.publisher.label(o.frame, o.result)
+            st.stats.latencies_ms.append(latency)
+            note = None
+        else:
+            labels, note = [], f"no label ({o.reason})"
+        self.feed.offer(o.frame, o.session, labels, note, st.lossless,
+                        st.hello.fps if st.hello is not None else 25.0)
 
     def check_outputs(self) -> None:
-        """Turn new output errors into status events, summary lines and the exit code.
-
-        An error that belongs to no stream (stream ``""``: the output's ``close`` failed or
-        timed out) has no status event; the summary and the exit code still say it.
-        """
-        for name, runner in self.outputs:
-            for stream, message in runner.take_errors():
-                log.error("output %s failed%s: %s", name, f" for stream {stream}" * bool(stream),
-                          message)
-                self.output_errors.setdefault(stream, []).append((name, message))
-                if stream:
-                    self.publisher.status(stream, "output_failed", f"output {name}: {message}")
+        """Turn new output errors into status events (and, through :attr:`feed`, summary
+        lines and the exit code). An error of no stream (the output's ``close``) has no
+        status event; the summary and the exit code still say it."""
+        for stream, name, message in self.feed.take_errors():
+            if stream:
+                self.publisher.status(stream, "output_failed", f"output {name}: {message}")
 
     @property
     def exit_code(self) -> int:
         """0, or 1 when an output failed."""
-        return 1 if self.output_errors else 0
+        return 1 if self.feed.errors else 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -239,8 +200,7 @@ class Sink:
                     self.release(self.clock())
                 self.release(self.clock(), force="shutdown")
         finally:
-            for _, runner in self.outputs:
-                runner.close()
+            self.feed.close()
             self.check_outputs()
             self.progress.update(self.clock(), self._progress_rows(), final=True)
             self.summary()
@@ -268,9 +228,8 @@ class Sink:
         (drained ones published theirs when they ended)."""
         reports = []
         for st in self.streams.values():
-            outputs = {name: runner.counts(st.stream) for name, runner in self.outputs}
-            reports.append(StreamReport(st.stream, st.stats, outputs,
-                                        self.output_errors.get(st.stream, [])))
+            reports.append(StreamReport(st.stream, st.stats, self.feed.counts(st.stream),
+                                        self.feed.errors.get(st.stream, [])))
             if not st.closed:
                 self.publisher.summary(st.stream, st.stats)
         if not reports and not self.rejected:
@@ -280,9 +239,9 @@ class Sink:
             log.info("sink: process cpu %.1f ms/frame over %d frames",
                      1000 * cpu_seconds() / resolved, resolved)
         self.out.write("\n".join(summary_lines(reports, self.refusals.by_kind)) + "\n")
-        for name, message in self.output_errors.get("", []):
+        for name, message in self.feed.errors.get("", []):
             self.out.write(f"output {name} failed: {message}\n")
-        if self.output_errors:
+        if self.feed.errors:
             self.out.write("an output failed: see the lines above (exit code 1)\n")
         self.out.flush()
 
