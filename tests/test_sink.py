@@ -232,7 +232,7 @@ def test_a_drained_stream_publishes_its_summary_once() -> None:
 
 
 def test_a_restarted_capture_starts_a_new_session_and_totals_add_up() -> None:
-    sink, pub, _ = make_sink(expected_streams=())  # a --forever sink
+    sink, pub, out = make_sink(expected_streams=())  # a --forever sink
     sink.handle(Hello("a", "file", 25.0, 4, 4, 3, "x.mp4", "wait"), now=0.0)
     for seq in range(3):
         sink.handle(frame(seq), now=0.0)
@@ -258,3 +258,5 @@ def test_a_restarted_capture_starts_a_new_session_and_totals_add_up() -> None:
     # (it used to be labelled + dropped, true by construction).
     assert [s.captured for s in st.stats.sessions] == [3, None, 1]
     assert st.stats.captured is None
+    sink.summary()
+    assert "a: capture sessions: 3, captured per session: 3, ?, 1" in out.getvalue()

@@ -179,3 +179,30 @@ def test_a_failed_output_is_a_status_event_a_summary_line_and_exit_code_1(
     assert "good: output raw failed: [Errno 28] No space left on device" in text
     assert "good: output raw: failed 7, written 3" in text
     assert (out_dir / "good.raw").stat().st_size == 3 * len(IMAGE)
+
+
+def test_restarting_one_capture_loses_nothing_of_another_stream(out_dir: Path) -> None:
+    """Defect 3 over real sockets: `a` restarts while lossless `b` has frames in flight
+    (their labels not yet in); `b` still ends with every one of its frames labelled."""
+    rs = RunningSink(RawFileOutput(out_dir), expected=("a", "b"))
+    try:
+        push = rs.peer()  # one connection: ZMQ keeps its order, so the story is exact
+        b = list(stream_messages("b", 10))
+        b_hello, b_frames, b_results = b[0], b[1:-1:2], b[2:-1:2]
+        for msg in [b_hello, *b_frames, *b_results[:5]]:
+            send(push, msg)
+        a_first = list(stream_messages("a", 6))[:-1]  # killed: no eos
+        for msg in a_first:
+            send(push, msg)
+        for msg in stream_messages("a", 4):  # restarted from seq 0
+            send(push, msg)
+        for msg in [*b_results[5:], b[-1]]:
+            send(push, msg)
+        assert rs.wait() == 0, rs.out.getvalue()
+    finally:
+        rs.close()
+    assert [e["seq"] for e in rs.of("label", "b")] == list(range(10))
+    b_final = rs.of("summary", "b")[-1]
+    assert (b_final["captured"], b_final["labelled"], b_final["dropped"]) == (10, 10, {})
+    assert (out_dir / "b.raw").stat().st_size == 10 * len(IMAGE)
+    assert "late" not in rs.out.getvalue()
