@@ -219,11 +219,13 @@ def test_a_full_disk_is_reported_once_and_the_file_stays_playable(tmp_path: Path
         assert int(probed["streams"][0]["nb_read_frames"]) >= len(kept)
 
 
-def test_write_raises_a_clear_oserror_on_a_full_disk(tmp_path: Path) -> None:
+@pytest.mark.parametrize("codec", ["h264", "mp4v"])
+def test_write_raises_a_clear_oserror_on_a_full_disk(tmp_path: Path, codec: str) -> None:
+    # mp4v goes through OpenCV, which swallows write errors: the output watches free space.
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (720, 1280, 3), np.uint8)
     with tmpfs(tmp_path / "tiny", "size=1m") as folder:
-        out = VideoFileOutput(str(folder), draw=False)
+        out = VideoFileOutput(str(folder), codec=codec, draw=False)
         with pytest.raises(OSError, match=r"^disk full writing .*tiny/d\.mp4: [\d,]+ bytes"):
             for i in range(150):
                 out.write(make_frame("d", i, np.roll(image, i, axis=1), i / 25))

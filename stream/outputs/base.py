@@ -71,9 +71,17 @@ class Output(Protocol):
         ...
 
     def end_stream(self, stream: str) -> None:
-        """The stream's session ended: finish what belongs to it (finalise its file)."""
+        """The stream's session ended: finish what belongs to it (finalise its file).
+
+        May raise ``OSError`` when finishing fails on a stream that had no error before (the
+        runner reports it like a write error); must not raise again for a stream whose
+        ``write`` already failed. The runner also calls it at close for streams still open.
+        """
         ...
 
     def close(self) -> None:
-        """The sink is stopping: finish everything; called once, after the last frame."""
+        """The sink is stopping: finish everything; called once, after the last frame.
+
+        Should not raise (the runner logs and reports it under the stream ``""`` if it does).
+        """
         ...
