@@ -97,8 +97,8 @@ def _notes(rep: StreamReport) -> list[str]:
     if s.captured is None:
         notes.append("captured: unknown, no end-of-stream from capture")
     if len(s.sessions) > 1:  # a restarted capture: what each session's own count said
-        counts = ", ".join("?" if x.captured is None else str(x.captured) for x in s.sessions)
-        notes.append(f"capture sessions: {len(s.sessions)}, captured per session: {counts}")
+        each = ", ".join("?" if x.captured is None else str(x.captured) for x in s.sessions)
+        notes.append(f"capture sessions: {len(s.sessions)}, captured per session: {each}")
     for sess in s.sessions:
         eos, which = sess.eos, f" (session {sess.number})" if len(s.sessions) > 1 else ""
         if eos is not None and eos.reason == "ended_early":
