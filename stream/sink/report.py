@@ -102,9 +102,9 @@ def _notes(rep: StreamReport) -> list[str]:
     for sess in s.sessions:
         eos, which = sess.eos, f" (session {sess.number})" if len(s.sessions) > 1 else ""
         if eos is not None and eos.reason == "ended_early":
-            of = f" of {sess.announced}" if sess.announced else ""
-            notes.append(f"ended early{which}: {eos.frames}{of} frames"
-                         f"{': ' + eos.message if eos.message else ''}")
+            said = (f"{eos.frames} of {sess.announced} frames" if sess.announced
+                    else eos.message or f"after {eos.frames} frames")
+            notes.append(f"ended early{which}: {said}")
         elif eos is not None and eos.reason == "error":
             notes.append(f"ended with an error{which}: {eos.message or 'no message'}")
     if s.counters.get("connect_failures"):
