@@ -90,6 +90,8 @@ class Sockets:
         sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
         sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, 5)
+        # Without it libzmq silently never connects to tcp://[::1]:... (IPv4 still works).
+        sock.setsockopt(zmq.IPV6, 1)
         if kind == zmq.ROUTER:
             # An unroutable send (a worker that left) raises instead of vanishing.
             sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
