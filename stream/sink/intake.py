@@ -24,7 +24,7 @@ MAX_LOGGED_KEYS = 1000
 
 
 def _peer(frame: zmq.Frame) -> str:
-    """The sender's address as ZMQ knows it (TCP: ``ip:port``), or ``?``."""
+    """The sender's address as ZMQ knows it (TCP: its IP, e.g. ``::ffff:10.0.0.9``), or ``?``."""
     try:
         return str(frame.get("Peer-Address"))
     except (zmq.ZMQError, AttributeError, TypeError):  # ipc/inproc have no peer address
