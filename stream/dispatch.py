@@ -26,16 +26,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import zmq
 
 from stream import transport
 from stream.errors import ProtocolError
-from stream.protocol import Credit, Task, decode, encode
+from stream.protocol import Buffer, Credit, Task, decode, encode
 from stream.runtime import Rejections
 from stream.transport import Socket, Sockets
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M")
 
 MAX_CAPACITY = 64
 """Most tasks of one capture a worker may hold: more than any CPU/GPU keeps in flight
@@ -57,6 +60,22 @@ def task_socket(sockets: Sockets) -> Socket:
 def worker_socket(sockets: Sockets) -> Socket:
     """A worker's link to one capture: DEALER; crops in, credits out."""
     return sockets.socket(zmq.DEALER, sndhwm=TASK_HWM, rcvhwm=TASK_HWM, linger_ms=500)
+
+
+def decode_as(kind: type[M], frames: Sequence[Buffer], reject: Callable[[str], None],
+              link: str) -> M | None:
+    """Decode a message that must be a ``kind`` (a Credit from a worker, a Task from a
+    capture); anything else is handed to ``reject`` (counted, logged) and None returned:
+    bad input is never fatal (invariant 4)."""
+    try:
+        msg = decode(frames)
+    except ProtocolError as exc:
+        reject(f"malformed message on the {link}: {exc}")
+        return None
+    if not isinstance(msg, kind):
+        reject(f"unexpected {type(msg).__name__} on the {link}")
+        return None
+    return msg
 
 
 # --------------------------------------------------------------------------- capture half
@@ -114,13 +133,8 @@ class Dispatcher:
         self._reap()
 
     def _on_message(self, ident: bytes, frames: list[memoryview]) -> None:
-        try:
-            msg = decode(frames)
-        except ProtocolError as exc:
-            self._reject(f"malformed message from a worker: {exc}")
-            return
-        if not isinstance(msg, Credit):
-            self._reject(f"unexpected {type(msg).__name__} on the frames socket")
+        msg = decode_as(Credit, frames, self._reject, "frames socket (from a worker)")
+        if msg is None:
             return
         w = self.workers.get(ident)
         if w is None:

@@ -29,10 +29,9 @@ import zmq
 
 from stream import transport
 from stream.config import StreamConfig, connect_endpoint
-from stream.dispatch import CreditSender, worker_socket
-from stream.errors import ProtocolError
+from stream.dispatch import CreditSender, decode_as, worker_socket
 from stream.model.runtime import top_ids
-from stream.protocol import Drop, Result, Task, decode
+from stream.protocol import Drop, Result, Task
 from stream.runtime import Rejections, cpu_seconds
 from stream.transport import Socket, Sockets
 
@@ -176,13 +175,9 @@ class Worker:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            try:
-                msg = decode([p.buffer for p in parts])
-            except ProtocolError as exc:
-                self._reject(f"malformed message: {exc}")
-                continue
-            if not isinstance(msg, Task):
-                self._reject(f"unexpected {type(msg).__name__} on a task socket")
+            msg = decode_as(Task, [p.buffer for p in parts], self._reject,
+                            "task socket (from a capture)")
+            if msg is None:
                 continue
             if (msg.height, msg.width) != (h, w):
                 self._reject(f"crop {msg.width}x{msg.height} from {msg.stream} does not match "

@@ -117,6 +117,23 @@ class FakeCamera:
         pass
 
 
+def image_folder(folder: Path, n: int) -> Path:
+    """``n`` small PNGs, each a different grey."""
+    folder.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((48, 64, 3), i * 20, np.uint8))
+    return folder
+
+
+def serve(worker: Socket, name: str, done: list[int], poll_ms: int) -> None:
+    """Play a fast worker for one task, if one comes within ``poll_ms``: finish it at once."""
+    if worker.poll(poll_ms):
+        task = decode(worker.recv_multipart())
+        assert isinstance(task, Task)
+        done.append(task.seq)
+        transport.send(worker, Credit(name, 2, done=(task.seq,)))
+
+
 def frames_by_seq(msgs: list[Message]) -> dict[int, list[Frame]]:
     out: dict[int, list[Frame]] = {}
     for m in msgs:
@@ -174,29 +191,21 @@ def test_full_video_link_never_costs_a_stamp(wires: Wires) -> None:
 def test_a_file_source_waits_for_the_video_link_instead_of_dropping(wires: Wires,
                                                                     tmp_path: Path) -> None:
     """Lossless sources: every Frame carries its image, however slow the sink reads."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(12):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((48, 64, 3), i * 20, np.uint8))
+    folder = image_folder(tmp_path / "imgs", 12)
     stop = threading.Event()
     settings = CaptureSettings(stream="imgs", url=str(folder), kind="images", policy="wait",
                                send_images=True)
     cap = Capture(settings, Capture.make_source(settings), wires.links, stop)
     worker = wires.worker()
-    transport.send(worker, Credit("w1", 4))
-    got: list[Message] = []
+    transport.send(worker, Credit("w1", 2))
     done: list[int] = []
-    thread = threading.Thread(target=lambda: got.append(cap.run()))  # type: ignore[func-returns-value]
+    thread = threading.Thread(target=cap.run)
     thread.start()
     msgs: list[Message] = []
     deadline = time.monotonic() + 30
     while thread.is_alive() or wires.sink.poll(0):
         assert time.monotonic() < deadline
-        if worker.poll(0):
-            task = decode(worker.recv_multipart())
-            assert isinstance(task, Task)
-            done.append(task.seq)
-            transport.send(worker, Credit("w1", 4, done=(task.seq,)))
+        serve(worker, "w1", done, 0)
         if wires.sink.poll(50):  # a slow sink: one message per 50 ms at most
             msgs.append(decode(wires.sink.recv_multipart()))
     thread.join()
@@ -211,10 +220,7 @@ def test_a_file_source_waits_for_the_video_link_instead_of_dropping(wires: Wires
 
 def test_frames_of_a_lost_worker_are_resent_for_lossless_sources(wires: Wires,
                                                                  tmp_path: Path) -> None:
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(6):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((48, 64, 3), i * 20, np.uint8))
+    folder = image_folder(tmp_path / "imgs", 6)
     stop = threading.Event()
     settings = CaptureSettings(stream="imgs", url=str(folder), kind="images", policy="wait")
     cap = Capture(settings, Capture.make_source(settings), wires.links, stop)
@@ -230,11 +236,7 @@ def test_frames_of_a_lost_worker_are_resent_for_lossless_sources(wires: Wires,
     deadline = time.monotonic() + 20
     while thread.is_alive():
         assert time.monotonic() < deadline
-        if keeper.poll(50):
-            task = decode(keeper.recv_multipart())
-            assert isinstance(task, Task)
-            done.append(task.seq)
-            transport.send(keeper, Credit("keeper", 2, done=(task.seq,)))
+        serve(keeper, "keeper", done, 50)
     thread.join()
     assert sorted(done) == list(range(6))
     msgs = wires.received()
@@ -275,10 +277,7 @@ def test_drain_runs_after_stop_and_names_what_a_leaving_worker_held(wires: Wires
 
 def test_unreadable_images_are_counted_and_shown(wires: Wires, tmp_path: Path) -> None:
     """Defect 16: skipped images are counted (status counters) and named in the end."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    for i in range(5):
-        cv2.imwrite(str(folder / f"{i:03d}.png"), np.full((48, 64, 3), i * 40, np.uint8))
+    folder = image_folder(tmp_path / "imgs", 5)
     for name in ("005.jpg", "006.png"):
         (folder / name).write_bytes(b"not an image at all")
     stop = threading.Event()
