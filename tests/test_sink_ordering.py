@@ -202,3 +202,17 @@ def test_force_without_eos_stops_at_the_last_known_seq() -> None:
     assert [(x.seq, x.count, x.reason) for x in out] == [
         (0, 1, "shutdown"), (1, 1, "shutdown"), (2, 1, None)]
     assert o.streams["a"].next_seq == 3
+
+
+def test_results_of_a_stream_never_announced_are_not_turned_into_lost_frames() -> None:
+    """A sink started mid-stream gets results before the first stamp: it must not declare
+    the seqs before them lost, nor hold results for ever."""
+    o = Ordering(timeout_s=1.0)
+    o.handle(result(5000), 0.0)
+    assert o.release(100.0) == []
+    o.handle(frame(5000), 100.0)
+    assert labelled(o.release(100.0), "a") == [5000]
+    assert o.streams["a"].stats.dropped == {}
+    o.handle(result(7, "x"), 0.0)  # a stream that never sends a frame
+    assert o.release(200.0, force="shutdown") == []
+    assert o.streams["x"].stats.late == 1 and o.streams["x"].stats.resolved == 0

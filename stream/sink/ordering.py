@@ -98,7 +98,7 @@ class StreamStats:
 
     labelled: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
-    late: int = 0  # results that came after their seq was released
+    late: int = 0  # results after their seq was released (or for frames never seen)
     late_frames: int = 0  # frames that came after their seq was released
     sessions: list[Session] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)  # capture's last status counters
@@ -191,9 +191,10 @@ class StreamOrder:
         """
         if not isinstance(msg, Result):
             self._sync(msg.seq)
-        if self.synced and msg.seq > self.next_seq + MAX_AHEAD:
+        base = self.next_seq if self.synced or not self.pending else min(self.pending)
+        if msg.seq > base + MAX_AHEAD or (not self.synced and len(self.pending) >= MAX_AHEAD):
             raise Refused(f"{msg.stream} seq {msg.seq} is more than {MAX_AHEAD} ahead of "
-                          f"{self.next_seq}: another deployment on this port?")
+                          f"{base}: another deployment on this port?")
         if msg.seq < self.next_seq:
             if isinstance(msg, Result):
                 self.stats.late += 1
@@ -265,6 +266,13 @@ class StreamOrder:
         """Everything of this stream that is ready, in seq order (with ``force``, every
         pending seq up to the last one known, dropped as ``force`` if unresolved)."""
         out: list[Released] = []
+        if not self.synced:
+            # Only results so far (no hello, no frame): nothing to order them against.
+            # Forced out, they count as late: results for frames this sink never saw.
+            if force is not None:
+                self.stats.late += len(self.pending)
+                self.pending.clear()
+            return out
         session = self.session.number
         while not self.done:
             seq = self.next_seq
