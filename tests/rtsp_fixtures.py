@@ -1,24 +1,22 @@
-"""Helpers for the live-source tests: the real RTSP server, a pipeline run, an event log.
+"""Helpers for the live-source tests: the real RTSP server and a pipeline run.
 
+Ports, waiting and the event log come from conftest.py (one of each for the whole suite).
 Nothing here sleeps to wait: every wait polls a condition until a deadline.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
+from conftest import find_free_port_base, wait_until
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -39,37 +37,6 @@ def gi_missing_reason() -> str | None:
         return (f"{SYSTEM_PYTHON} lacks gi/GstRtspServer ({last}); install python3-gi "
                 "gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-{good,bad,ugly}")
     return None
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:
-    """Poll ``pred`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)  # a polling interval, not a wait for an outcome
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` consecutive TCP ports on 127.0.0.1 that were free when bind-tested."""
-    for _ in range(200):
-        base = random.randint(20000, 60000 - n)
-        socks: list[socket.socket] = []
-        try:
-            for p in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return list(range(base, base + n))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no block of free ports found")
 
 
 class RtspServer:
@@ -129,43 +96,6 @@ class RtspServer:
                 f.close()
 
 
-class EventLog:
-    """Subscribes to the sink's events on a background thread; tests poll ``events``."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.events: list[tuple[float, dict[str, Any]]] = []  # (monotonic receive time, ev)
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        self._ready.wait(5)
-
-    def _run(self) -> None:
-        from stream.events import Subscriber
-
-        with Subscriber(self.endpoint) as sub:
-            self._ready.set()
-            while not self._stop.is_set():
-                ev = sub.recv(timeout=0.1)
-                if ev is not None:
-                    self.events.append((time.monotonic(), ev))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def of(self, type_: str, since: float = 0.0) -> list[dict[str, Any]]:
-        return [e for t, e in list(self.events) if e["type"] == type_ and t >= since]
-
-    def states(self, since: float = 0.0) -> list[str]:
-        return [e["state"] for e in self.of("status", since)]
-
-    def first_time(self, pred: Callable[[dict[str, Any]], bool], since: float = 0.0
-                   ) -> float | None:
-        return next((t for t, e in list(self.events) if t >= since and pred(e)), None)
-
-
 def build_tiny_model(folder: Path) -> tuple[Path, Path]:
     """A tiny classifier IR (image [1,3,224,224] → mean over H,W → MatMul → [1,8]) + labels."""
     import openvino as ov
@@ -189,7 +119,8 @@ class Pipeline:
     """``python -m stream run cfg.yaml`` for one RTSP source, with free ports and logs."""
 
     def __init__(self, tmp: Path, url: str, model: Path, labels: Path) -> None:
-        p_events, p_sink, p_frames = free_ports(3)
+        p_events = find_free_port_base(3)
+        p_sink, p_frames = p_events + 1, p_events + 2
         self.events_endpoint = f"tcp://127.0.0.1:{p_events}"
         self.cfg = tmp / "cfg.yaml"
         self.cfg.write_text(

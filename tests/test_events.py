@@ -362,7 +362,15 @@ def test_malformed_messages_are_skipped(ctx: zmq.Context[Any]) -> None:
         assert sub.malformed == 4
 
 
+@pytest.mark.timeout(60)  # a publish that blocked on the stalled subscriber hangs: fails here
 def test_non_reading_subscriber_never_blocks_publisher(ctx: zmq.Context[Any]) -> None:
+    """A connected subscriber that never reads: every one of 20,000 publishes returns and
+    is taken (PUB drops per subscriber, silently), and what that subscriber can read later
+    is bounded by its queues, not the 20,000 sent (~2 KB each, ~40 MB: more than any socket
+    buffer holds). How fast the publishes go is a figure: ``scripts/latency.py``."""
+    names = [(i, f"class {i} " + "x" * 80, 1.0 / (i + 2)) for i in range(20)]
+    event = ev.label_event("cam1", 0, 0.0, 1.0, names, 1.0)
+    assert len(ev.encode_event(event)[1]) > 2000
     with ev.EventPublisher.bind(ctx, "tcp://127.0.0.1:*", hwm=10) as pub:
         sub = ctx.socket(zmq.SUB)
         sub.setsockopt(zmq.LINGER, 0)
@@ -375,26 +383,24 @@ def test_non_reading_subscriber_never_blocks_publisher(ctx: zmq.Context[Any]) ->
             while not sub.poll(10) and time.monotonic() < deadline:
                 pub.publish(_label())
             assert sub.poll(0), "subscriber never connected"
-            event = _label()
-            start = time.monotonic()
-            slowest = 0.0
+            before = pub.published
             for _ in range(20_000):
-                t0 = time.monotonic()
                 pub.publish(event)
-                slowest = max(slowest, time.monotonic() - t0)
-            total = time.monotonic() - start
+            taken = pub.published - before
+            received = 0
+            while sub.poll(500):  # read until the pipe is empty and stays so
+                sub.recv_multipart()
+                received += 1
         finally:
             sub.close(linger=0)
-    # Generous bounds: a blocked send would hang (and trip pytest-timeout) instead.
-    assert total < 30.0, total
-    assert slowest < 1.0, slowest
-    assert pub.published + pub.dropped >= 20_000
+    assert taken == 20_000 and pub.dropped == 0
+    assert received < 20_000, "the stalled subscriber's queue was not bounded"
+    print(f"stalled subscriber could read {received} of 20,000")
 
 
+@pytest.mark.timeout(60)  # a timeout that did not end the iteration hangs: fails here
 def test_subscribe_timeout_ends_iteration(pub: ev.EventPublisher) -> None:
-    start = time.monotonic()
     assert list(ev.subscribe(pub.endpoint, timeout=0.2)) == []
-    assert time.monotonic() - start < DEADLINE_S
 
 
 def test_generator_closes_its_socket_when_dropped(pub: ev.EventPublisher) -> None:

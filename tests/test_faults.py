@@ -2,6 +2,10 @@
 
 Everything here is real: `stream` processes started as a user would, real ZeroMQ sockets,
 H.264 clips made by ffmpeg, the colour-oracle IR from conftest.py (correct class known).
+Every count is checked against one the sink did not compute: the number of frames the test
+put in the clip, the capture's own ``N frames captured`` line, the frames ffprobe finds in
+the output video, and the label events a real subscriber received. How fast things happen
+(shutdown time, pace with a stalled subscriber) is printed by ``scripts/latency.py``.
 """
 
 from __future__ import annotations
@@ -12,27 +16,32 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import cv2
 import msgpack
 import numpy as np
 import pytest
 import zmq
+from conftest import (
+    CAPTURED_UNKNOWN,
+    ORACLE_COLOURS,
+    EventLog,
+    assert_in_order,
+    captured_by_capture,
+    make_clip,
+    requires_ffmpeg,
+    runs_of_classes,
+    summary_row,
+    video_frames,
+    write_config,
+)
 
 from stream import transport
-from stream.events import Subscriber
 from stream.protocol import Credit, Eos, Frame, Hello, Result, Task, decode, encode
-from tests.conftest import ORACLE_COLOURS, make_clip, runs_of_classes, write_config
 
-pytestmark = [
-    pytest.mark.timeout(240),
-    pytest.mark.skipif(not Path("/usr/bin/ffmpeg").exists(), reason="needs Debian's ffmpeg"),
-]
+pytestmark = [pytest.mark.timeout(240), requires_ffmpeg]
 
 
 def stream_cmd(*args: str) -> list[str]:
@@ -53,81 +62,37 @@ def role_pids(parent: int, name: str) -> list[int]:
     return pids
 
 
-class EventLog:
-    """Collects events from the sink in a thread (subscribed before the run starts)."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(endpoint,), daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-
-    def _run(self, endpoint: str) -> None:
-        with Subscriber(endpoint) as sub:
-            self._ready.set()
-            while not self._stop.is_set():
-                ev = sub.recv(0.2)
-                if ev is not None:
-                    self.events.append(ev)
-
-    def of(self, kind: str, stream: str | None = None) -> list[dict[str, Any]]:
-        return [e for e in list(self.events)
-                if e["type"] == kind and (stream is None or e["stream"] == stream)]
-
-    def wait_for(self, pred: Callable[[], bool], timeout: float) -> None:
-        end = time.monotonic() + timeout
-        while not pred():
-            assert time.monotonic() < end, "timed out waiting for events"
-            time.sleep(0.05)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+def await_labels(log: EventLog, proc: subprocess.Popen[str], count: int,
+                 timeout: float = 60) -> None:
+    """Wait for ``count`` label events of ``cam``; fail with the run's output if it ends."""
+    log.wait_for(lambda: len(log.of("label", "cam")) >= count or proc.poll() is not None,
+                 timeout, f"{count} label events")
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        pytest.fail(f"the run ended (exit {proc.returncode}) before {count} label events "
+                    f"({len(log.of('label', 'cam'))} seen):\n{out}\n{err[-3000:]}")
 
 
-@pytest.fixture
-def events_at() -> Iterator[Callable[[str], EventLog]]:
-    logs: list[EventLog] = []
-
-    def make(endpoint: str) -> EventLog:
-        logs.append(EventLog(endpoint))
-        return logs[-1]
-
-    yield make
-    for log in logs:
-        log.close()
-
-
-def summary_row(stdout: str, stream: str, stderr: str = "") -> dict[str, Any]:
-    """The sink's summary line for a stream: captured, labelled, dropped, written, reasons."""
-    for line in stdout.splitlines():
-        cols = line.split()
-        if cols and cols[0] == stream and cols[1].isdigit():
-            reasons = dict(re.findall(r"(\w+)=(\d+)", line))
-            return {"captured": int(cols[1]), "labelled": int(cols[2]),
-                    "dropped": int(cols[3]), "written": int(cols[4]),
-                    "reasons": {k: int(v) for k, v in reasons.items()}}
-    raise AssertionError(f"no summary row for {stream} in:\n{stdout}\n{stderr}")
-
-
-def count_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
+def assert_labels_right(log: EventLog, stream: str, classes: list[int]) -> list[int]:
+    """The subscriber's label events of ``stream``: in seq order, none twice, each naming
+    the colour the test painted into that frame. Returns their seqs."""
+    got = log.of("label", stream)
+    seqs = [e["seq"] for e in got]
+    assert_in_order(seqs)
+    wrong = [e["seq"] for e in got if e["labels"][0]["id"] != classes[e["seq"]]]
+    assert not wrong, f"wrong class for seqs {wrong[:10]}"
+    return seqs
 
 
 @pytest.mark.parametrize("policy", ["wait", "drop"])
 def test_worker_killed_mid_run(policy: str, tmp_path: Path, oracle_model: tuple[Path, Path],
                                free_port_base: Callable[[int], int],
-                               events_at: Callable[[str], EventLog]) -> None:
-    """kill -9 one of two workers mid-stream: every frame still ends labelled or dropped
-    with a reason (wait: re-sent, so all labelled), and the output video keeps every frame."""
+                               event_log: Callable[[str], EventLog]) -> None:
+    """kill -9 one of two workers mid-stream: every frame of the clip still ends labelled
+    or dropped with a reason (wait: re-sent, so all labelled), and the output video keeps
+    every frame."""
     classes = runs_of_classes(150, seed=7)
+    n = len(classes)
     clip = make_clip(tmp_path / "clip.mp4", classes, fps=30.0)
     base = free_port_base(3)
     xml, labels = oracle_model
@@ -135,11 +100,11 @@ def test_worker_killed_mid_run(policy: str, tmp_path: Path, oracle_model: tuple[
                        workers=2, output_dir=tmp_path / "out",
                        sources=[{"id": "cam", "url": str(clip), "realtime": True,
                                  "policy": policy}])
-    ev = events_at(f"tcp://127.0.0.1:{base}")
+    log = event_log(f"tcp://127.0.0.1:{base}")
     run = subprocess.Popen(stream_cmd("run", str(cfg)), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
-        ev.wait_for(lambda: len(ev.of("label", "cam")) >= 30, 60)
+        await_labels(log, run, 30)
         (victim,) = role_pids(run.pid, "--name worker-0")
         os.kill(victim, signal.SIGKILL)
         out, err = run.communicate(timeout=120)
@@ -148,19 +113,20 @@ def test_worker_killed_mid_run(policy: str, tmp_path: Path, oracle_model: tuple[
             run.kill()
             run.communicate()
     assert run.returncode == 0, err
-    row = summary_row(out, "cam")
-    assert row["captured"] == len(classes)
-    assert row["labelled"] + row["dropped"] == row["captured"]
-    assert sum(row["reasons"].values()) == row["dropped"]
+    row = summary_row(out, "cam", err)
+    assert captured_by_capture(err, "cam") == n, err[-3000:]
+    assert row.captured == n
+    assert row.labelled + row.dropped == n
+    assert sum(row.reasons.values()) == row.dropped
+    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
+    seqs = assert_labels_right(log, "cam", classes)
+    assert len(seqs) == row.labelled, "the subscriber's label events and the table disagree"
     if policy == "wait":
-        assert row["labelled"] == len(classes), f"lossless source lost frames: {row}"
-    assert row["written"] == row["captured"]
-    assert count_frames(tmp_path / "out" / "cam.mp4") == row["captured"]
-    ev.wait_for(lambda: bool(ev.of("summary", "cam")), 10)
-    labels_seen = ev.of("label", "cam")
-    seqs = [e["seq"] for e in labels_seen]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert all(e["labels"][0]["id"] == classes[e["seq"]] for e in labels_seen)
+        assert seqs == list(range(n)), f"lossless source lost frames: {row}"
+        assert row.written == n
+    else:  # a live source sends a stamp instead of a frame the link cannot take (video_busy)
+        assert row.written <= n
+    assert video_frames(tmp_path / "out" / "cam.mp4") == row.written
     print(f"worker-kill ({policy}): {row}")
 
 
@@ -197,12 +163,12 @@ def fuzz_messages(n: int, seed: int, valid: list[list[bytes]]) -> Iterator[list[
 
 def test_sink_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple[Path, Path],
                                             free_port_base: Callable[[int], int],
-                                            events_at: Callable[[str], EventLog]) -> None:
+                                            event_log: Callable[[str], EventLog]) -> None:
     base = free_port_base(3)
     xml, labels = oracle_model
     cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
                        sources=[{"id": "cam", "url": "unused.mp4"}])
-    events_at(f"tcp://127.0.0.1:{base}")
+    log = event_log(f"tcp://127.0.0.1:{base}")
     sink = subprocess.Popen(stream_cmd("sink", str(cfg)), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -218,7 +184,8 @@ def test_sink_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple
         )]
         for msg in fuzz_messages(10_000, seed=1, valid=valid):
             push.send_multipart(msg)
-        # After the storm, one real frame: the sink must still label it and end cleanly.
+        # After the storm, one real frame (top-2 ids 2, 1: no fuzzed result has two ids):
+        # the sink must still label it and end cleanly.
         for m in (Hello("cam", "file", 25.0, 4, 4, 1, "x", "wait"),
                   Frame("cam", 0, 0.0, time.time(), 4, 4, None),
                   Result("cam", 0, time.time(), "w", (2, 1), (0.9, 0.1), 1.0, probs),
@@ -235,11 +202,17 @@ def test_sink_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple
     assert "Traceback" not in err
     m = re.search(r"rejected malformed messages: (\d+)", out)
     assert m and int(m.group(1)) > 5000, out
-    # Mutated messages that still decode are legitimate frames of "cam" (and a hello with
-    # seq 0 after them starts a new session), so only the accounting is exact here.
-    row = summary_row(out, "cam")
-    assert row["labelled"] >= 1
-    assert row["labelled"] + row["dropped"] == row["captured"]
+    # Mutated messages that still decode are legitimate frames and hellos of "cam" (sessions
+    # that never send an eos, so the table cannot know what they captured). What is exact:
+    # the real frame was labelled once, and every label the table counts reached the
+    # subscriber.
+    row = summary_row(out, "cam", err)
+    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
+    got = log.of("label", "cam")
+    real = [e for e in got if e["seq"] == 0 and [x["id"] for x in e["labels"]] == [2, 1]]
+    assert len(real) == 1, got[-5:]
+    assert len(got) == row.labelled
+    assert sum(row.reasons.values()) == row.dropped
 
 
 def test_worker_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple[Path, Path],
@@ -300,7 +273,9 @@ def test_worker_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tup
 def test_sigint_drains_and_closes_a_playable_video(tmp_path: Path,
                                                    oracle_model: tuple[Path, Path],
                                                    free_port_base: Callable[[int], int],
-                                                   events_at: Callable[[str], EventLog]) -> None:
+                                                   event_log: Callable[[str], EventLog]) -> None:
+    """SIGINT mid-file: exit 0, the capture's eos carries its own count into the summary,
+    every frame it captured is accounted, and the video holds exactly those frames."""
     classes = runs_of_classes(300, seed=3)
     clip = make_clip(tmp_path / "clip.mp4", classes, fps=25.0)
     base = free_port_base(3)
@@ -308,81 +283,80 @@ def test_sigint_drains_and_closes_a_playable_video(tmp_path: Path,
     cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
                        output_dir=tmp_path / "out",
                        sources=[{"id": "cam", "url": str(clip), "realtime": True}])
-    ev = events_at(f"tcp://127.0.0.1:{base}")
+    log = event_log(f"tcp://127.0.0.1:{base}")
     run = subprocess.Popen(stream_cmd("run", str(cfg)), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
-        ev.wait_for(lambda: len(ev.of("label", "cam")) >= 20, 60)
-        t0 = time.monotonic()
+        await_labels(log, run, 20)
         run.send_signal(signal.SIGINT)
-        out, err = run.communicate(timeout=30)
-        took = time.monotonic() - t0
+        out, err = run.communicate(timeout=60)
     finally:
         if run.poll() is None:
             run.kill()
             run.communicate()
     assert run.returncode == 0, err
-    assert took < 5.0, f"shutdown took {took:.1f} s"
-    row = summary_row(out, "cam")
-    assert 20 <= row["captured"] < len(classes)
-    assert row["labelled"] + row["dropped"] == row["captured"]
-    assert count_frames(tmp_path / "out" / "cam.mp4") == row["written"] == row["captured"]
+    captured = captured_by_capture(err, "cam")
+    assert captured is not None, f"no `cam: N frames captured` line from the capture:\n{err}"
+    assert 20 <= captured < len(classes), "SIGINT came mid-file"
+    row = summary_row(out, "cam", err)
+    assert row.captured == captured, "the summary must take the capture's own count (eos)"
+    assert row.labelled + row.dropped == captured
+    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
+    seqs = log.seqs("cam")
+    assert_in_order(seqs)  # (classes unchecked: a damaged frame may decode to any colour)
+    assert len(seqs) == row.labelled and (not seqs or seqs[-1] < captured)
+    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
+    seqs = assert_labels_right(log, "cam", classes)
+    assert len(seqs) == row.labelled and (not seqs or seqs[-1] < captured)
+    assert row.written == captured
+    assert video_frames(tmp_path / "out" / "cam.mp4") == captured
 
 
-def test_a_subscriber_that_never_reads_does_not_slow_the_pipeline(
+def test_a_subscriber_that_never_reads_does_not_stall_the_pipeline(
     tmp_path: Path, oracle_model: tuple[Path, Path], free_port_base: Callable[[int], int],
+    event_log: Callable[[str], EventLog],
 ) -> None:
-    """A camera-like source (50 fps, paced) with a connected subscriber that never reads
-    vs none: the pipeline keeps the source's pace either way, within 5%.
-
-    Paced, the rate is set by the source, not by how busy this shared 2-core machine
-    happens to be, so the comparison is stable; a publisher that blocked on the stalled
-    subscriber (its queue fills within the first second) would fall far behind it.
-    """
+    """A subscriber that never reads (1-message queue, 4 KB socket buffer) next to one that
+    does: the lossless file is labelled to its last frame and the run ends; the reading
+    subscriber gets every seq once, in order. A publisher that blocked on the stalled
+    subscriber (its queue fills within a few events) would hang the run instead.
+    (The pace with and without it is a figure: ``scripts/latency.py``.)"""
     classes = runs_of_classes(250, seed=5)
+    n = len(classes)
     clip = make_clip(tmp_path / "clip.mp4", classes, size=(320, 240), fps=50.0)
     xml, labels = oracle_model
-
-    def run_once(stalled: bool) -> tuple[float, dict[str, Any]]:
-        base = free_port_base(3)
-        cfg = write_config(tmp_path / f"cfg{base}.yaml", port_base=base, model=xml,
-                           labels=labels,
-                           sources=[{"id": "cam", "url": str(clip), "realtime": True}])
-        ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 1)
-        sub.setsockopt(zmq.RCVBUF, 4096)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        if stalled:
-            sub.connect(f"tcp://127.0.0.1:{base}")
-        try:
-            res = subprocess.run(stream_cmd("run", str(cfg)), capture_output=True, text=True,
-                                 timeout=180)
-        finally:
-            sub.close()
-            ctx.term()
-        assert res.returncode == 0, res.stderr
-        row = summary_row(res.stdout, "cam", res.stderr)
-        line = next(ln for ln in res.stdout.splitlines() if ln.startswith("cam "))
-        return float(line.split()[5]), row
-
-    free_fps, free_row = run_once(False)
-    stalled_fps, stalled_row = run_once(True)
-    ratio = stalled_fps / free_fps
-    print(f"slow subscriber: {stalled_fps:.1f} fps vs {free_fps:.1f} fps without "
-          f"(ratio {ratio:.3f}); labelled {stalled_row['labelled']} vs {free_row['labelled']}")
-    assert ratio >= 0.95
-    assert stalled_row["labelled"] >= 0.95 * free_row["labelled"]
-    assert stalled_row["captured"] == free_row["captured"] == len(classes)
+    base = free_port_base(3)
+    cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
+                       sources=[{"id": "cam", "url": str(clip)}])
+    log = event_log(f"tcp://127.0.0.1:{base}")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    stalled = ctx.socket(zmq.SUB)
+    stalled.setsockopt(zmq.LINGER, 0)
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    stalled.connect(f"tcp://127.0.0.1:{base}")
+    try:
+        res = subprocess.run(stream_cmd("run", str(cfg)), capture_output=True, text=True,
+                             timeout=180)
+    finally:
+        stalled.close()
+        ctx.term()
+    assert res.returncode == 0, res.stderr
+    assert captured_by_capture(res.stderr, "cam") == n
+    row = summary_row(res.stdout, "cam", res.stderr)
+    assert (row.captured, row.labelled, row.dropped) == (n, n, 0)
+    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
+    assert assert_labels_right(log, "cam", classes) == list(range(n))
 
 
 def test_capture_killed_mid_run_does_not_wedge_the_rest(
     tmp_path: Path, oracle_model: tuple[Path, Path], free_port_base: Callable[[int], int],
-    events_at: Callable[[str], EventLog],
+    event_log: Callable[[str], EventLog],
 ) -> None:
-    """kill -9 the capture (no eos ever comes): the sink still ends with a summary and the
-    run exits, within the reorder timeout plus the launcher's grace."""
+    """kill -9 the capture (no eos ever comes): the run still ends, with exit 2 and a
+    summary that says the captured count is unknown instead of making one up; what the
+    subscriber saw is in order, without duplicates, and inside what the sink resolved."""
     classes = runs_of_classes(300, seed=9)
     clip = make_clip(tmp_path / "clip.mp4", classes, fps=25.0)
     base = free_port_base(3)
@@ -390,39 +364,45 @@ def test_capture_killed_mid_run_does_not_wedge_the_rest(
     cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
                        reorder_timeout_s=1.0,
                        sources=[{"id": "cam", "url": str(clip), "realtime": True}])
-    ev = events_at(f"tcp://127.0.0.1:{base}")
+    log = event_log(f"tcp://127.0.0.1:{base}")
     run = subprocess.Popen(stream_cmd("run", str(cfg)), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
-        ev.wait_for(lambda: len(ev.of("label", "cam")) >= 20, 60)
+        await_labels(log, run, 20)
         (victim,) = role_pids(run.pid, "capture")
         os.kill(victim, signal.SIGKILL)
-        t0 = time.monotonic()
         out, err = run.communicate(timeout=60)
-        took = time.monotonic() - t0
     finally:
         if run.poll() is None:
             run.kill()
             run.communicate()
-    assert run.returncode == 2, "a capture that died must make the run fail"
-    assert "capture failed for cam" in err
-    assert took < 1.0 + 5.0 + 15.0
+    assert run.returncode == 1, "a capture that died is a run-time failure (exit 1)"
+    assert "capture failed for cam (exit -9)" in err
+    assert captured_by_capture(err, "cam") is None, "a killed capture cannot report a count"
     row = summary_row(out, "cam", err)
-    assert row["labelled"] >= 20 and row["labelled"] + row["dropped"] == row["captured"]
+    assert row.captured is None and CAPTURED_UNKNOWN.search(out), (
+        f"no eos came, so captured must be unknown, not assumed:\n{out}")
+    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
+    seqs = assert_labels_right(log, "cam", classes)
+    assert len(seqs) == row.labelled >= 20
+    resolved = row.labelled + row.dropped
+    assert sum(row.reasons.values()) == row.dropped
+    assert seqs[-1] < resolved <= len(classes), "labels outside the frames the sink resolved"
 
 
 def test_sink_restart_resumes_the_flow(tmp_path: Path, oracle_model: tuple[Path, Path],
                                        free_port_base: Callable[[int], int],
-                                       events_at: Callable[[str], EventLog]) -> None:
+                                       event_log: Callable[[str], EventLog]) -> None:
     """Roles run standalone (as on several machines); kill -9 the sink mid-stream: capture
-    and worker keep going, and a new sink picks the stream up where it is."""
+    and worker keep going (same processes throughout), and a new sink picks the stream up
+    where it is, in order."""
     classes = runs_of_classes(500, seed=11)
     clip = make_clip(tmp_path / "clip.mp4", classes, fps=25.0)
     base = free_port_base(3)
     xml, labels = oracle_model
     cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
                        sources=[{"id": "cam", "url": str(clip), "realtime": True}])
-    ev = events_at(f"tcp://127.0.0.1:{base}")
+    log = event_log(f"tcp://127.0.0.1:{base}")
     procs: dict[str, subprocess.Popen[str]] = {}
 
     def start(name: str, *args: str) -> None:
@@ -433,17 +413,21 @@ def test_sink_restart_resumes_the_flow(tmp_path: Path, oracle_model: tuple[Path,
         start("sink", "sink", str(cfg), "--forever")
         start("worker", "worker", str(cfg))
         start("capture", "capture", str(cfg), "--source", "cam")
-        ev.wait_for(lambda: len(ev.of("label", "cam")) >= 15, 60)
+        await_labels(log, procs["sink"], 15)
         procs["sink"].kill()
         procs["sink"].communicate()
-        first_gone = max(e["seq"] for e in ev.of("label", "cam"))
-        time.sleep(1.0)  # the stream goes on without a sink for a while
-        assert procs["capture"].poll() is None and procs["worker"].poll() is None
+        killed_at = time.monotonic()
+        last_before = max(log.seqs("cam"))
+        # The source is paced at 25 fps, so it moves on while the new sink starts.
         start("sink", "sink", str(cfg), "--forever")
-        ev.wait_for(lambda: any(e["seq"] > first_gone + 10 for e in ev.of("label", "cam")),
-                    60)
-        after = [e["seq"] for e in ev.of("label", "cam") if e["seq"] > first_gone]
-        assert after == sorted(after), "the new sink must keep seq order"
+        log.wait_for(lambda: any(s > last_before + 10 for s in log.seqs("cam", killed_at)),
+                     60, "labels from the new sink")
+        after = log.seqs("cam", killed_at)
+        assert_in_order(after, "label seqs after the restart")
+        assert after[0] > last_before, "the new sink repeated or reordered old seqs"
+        assert all(e["labels"][0]["id"] == classes[e["seq"]]
+                   for e in log.of("label", "cam", killed_at))
+        assert procs["capture"].poll() is None and procs["worker"].poll() is None
         for name in ("capture", "worker", "sink"):
             procs[name].send_signal(signal.SIGTERM)
         for name in ("capture", "worker", "sink"):
@@ -458,7 +442,8 @@ def test_sink_restart_resumes_the_flow(tmp_path: Path, oracle_model: tuple[Path,
 
 def test_corrupt_video_is_decoded_as_far_as_it_goes(tmp_path: Path,
                                                     oracle_model: tuple[Path, Path],
-                                                    free_port_base: Callable[[int], int]) -> None:
+                                                    free_port_base: Callable[[int], int],
+                                                    event_log: Callable[[str], EventLog]) -> None:
     """Garbage bytes in the middle of an H.264 file: no crash, no hang, and the summary
     still adds up for whatever the decoder could read."""
     classes = runs_of_classes(120, seed=13)
@@ -474,10 +459,17 @@ def test_corrupt_video_is_decoded_as_far_as_it_goes(tmp_path: Path,
     xml, labels = oracle_model
     cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
                        sources=[{"id": "cam", "url": str(bad)}])
+    log = event_log(f"tcp://127.0.0.1:{base}")
     res = subprocess.run(stream_cmd("run", str(cfg)), capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
+    captured = captured_by_capture(res.stderr, "cam")
+    assert captured is not None and 0 < captured <= len(classes), res.stderr[-3000:]
     row = summary_row(res.stdout, "cam", res.stderr)
-    assert row["captured"] > 0
-    assert row["labelled"] + row["dropped"] == row["captured"]
+    assert row.captured == captured, "the summary must take the capture's own count (eos)"
+    assert row.labelled + row.dropped == captured
+    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
+    seqs = log.seqs("cam")
+    assert_in_order(seqs)  # (classes unchecked: a damaged frame may decode to any colour)
+    assert len(seqs) == row.labelled and (not seqs or seqs[-1] < captured)

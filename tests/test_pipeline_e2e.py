@@ -5,11 +5,13 @@ check the product's promises exactly: one label event per frame, in seq order, w
 right class (DESIGN invariants 1 and 2), output videos with every frame and the labels
 drawn, and clean failures on bad input (invariant 4).
 
-Slow joiner: the sink binds its PUB socket when it starts, and the subscriber is connected
-before the run starts, with a 10 ms reconnect interval, so it joins within milliseconds of
-the bind. Label events only start after a worker has imported OpenVINO and compiled the
-model (~0.5-1 s later on this machine), so none can be lost at the start; the tests also
-check that a status event arrived before the first label event.
+Slow joiner: the sink binds its PUB socket when it starts, and the subscriber (conftest's
+EventLog) is connected before the run starts, with a 10 ms reconnect interval, so it joins
+within milliseconds of the bind. Label events only start after a worker has imported
+OpenVINO and compiled the model (~0.5-1 s later on this machine), so none can be lost at
+the start; the tests also check that a status event arrived before the first label event.
+Counts are checked against the frames each test encoded and the capture's own
+``N frames captured`` line, never against the sink's figures alone.
 """
 
 from __future__ import annotations
@@ -17,9 +19,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,20 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-import zmq
 from conftest import (
     ORACLE_COLOURS,
     ORACLE_NAMES,
+    EventLog,
+    captured_by_capture,
     find_free_port_base,
     make_clip,
+    port_is_free,
     runs_of_classes,
+    summary_rows,
+    video_frames,
     write_config,
 )
 
-from stream.events import Subscriber
 from stream.model.labels import load_labels
 
 E2E_TIMEOUT = 240  # pytest-timeout per end-to-end test (the box may be shared)
@@ -55,12 +58,11 @@ class Ran:
     code: int
     out: str
     err: str
-    seconds: float
 
 
 def run_stream(args: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> Ran:
-    """`python -m stream ARGS` in ``cwd``; on timeout SIGTERM (children stop in order)."""
-    t0 = time.monotonic()
+    """`python -m stream ARGS` in ``cwd``; on timeout SIGTERM (children stop in order) and
+    fail the test: the timeout bounds a hang, it is not a speed target."""
     proc = subprocess.Popen([sys.executable, "-m", "stream", *args], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
@@ -74,83 +76,18 @@ def run_stream(args: Sequence[str], cwd: Path, timeout: float = RUN_TIMEOUT) -> 
             proc.kill()
             out, err = proc.communicate()
         pytest.fail(f"`stream {' '.join(args)}` did not end within {timeout:.0f} s\n{err[-3000:]}")
-    return Ran(proc.returncode, out, err, time.monotonic() - t0)
+    return Ran(proc.returncode, out, err)
 
 
-class EventLog:
-    """Records every label/status/summary event of a sink, from before the sink starts."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.events: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ctx: zmq.Context[Any] = zmq.Context()
-        self._ctx.setsockopt(zmq.RECONNECT_IVL, 10)  # join within ms of the sink's bind
-        self._sub = Subscriber(endpoint, types=("label", "status", "summary"), ctx=self._ctx)
-        self._thread = threading.Thread(target=self._loop, name="events", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            event = self._sub.recv(timeout=0.05)
-            if event is not None:
-                with self._lock:
-                    self.events.append(event)
-
-    def snapshot(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self.events)
-
-    def wait_for(self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred(self.snapshot()):
-                return True
-            self._stop.wait(0.02)
-        return pred(self.snapshot())
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sub.close()
-        self._ctx.term()
-
-
-@pytest.fixture
-def event_log() -> Iterator[Callable[[str], EventLog]]:
-    logs: list[EventLog] = []
-
-    def start(endpoint: str) -> EventLog:
-        log = EventLog(endpoint)
-        logs.append(log)
-        return log
-
-    yield start
-    for log in logs:
-        log.close()
+def wait_summaries(log: EventLog, streams: Sequence[str]) -> list[dict[str, Any]]:
+    """Every event received once the summary events of all ``streams`` are in."""
+    log.wait_for(lambda: {e["stream"] for e in log.of("summary")} >= set(streams), 10,
+                 f"summary events of {list(streams)}")
+    return [e for _, e in list(log.events)]
 
 
 def of_type(events: list[dict[str, Any]], t: str, stream: str | None = None) -> list[dict]:
     return [e for e in events if e["type"] == t and (stream is None or e["stream"] == stream)]
-
-
-def summaries_for(streams: Sequence[str]) -> Callable[[list[dict[str, Any]]], bool]:
-    return lambda evs: {e["stream"] for e in of_type(evs, "summary")} >= set(streams)
-
-
-def printed_summary(stdout: str) -> dict[str, dict[str, int]]:
-    """The sink's table: stream -> {captured, labelled, dropped, written}."""
-    lines = stdout.splitlines()
-    head = next(i for i, line in enumerate(lines) if line.split()[:3] == ["stream", "captured",
-                                                                           "labelled"])
-    table = {}
-    for line in lines[head + 1:]:
-        parts = line.split()
-        if len(parts) < 5 or not parts[1].isdigit():
-            break
-        table[parts[0]] = dict(zip(("captured", "labelled", "dropped", "written"),
-                                   map(int, parts[1:5]), strict=True))
-    return table
 
 
 def read_video(path: Path) -> tuple[float, float, list[np.ndarray]]:
@@ -219,15 +156,15 @@ def test_oracle_run_labels_every_frame_in_order(
     log = event_log(f"tcp://127.0.0.1:{base}")
     ran = run_stream(["run", str(cfg)], cwd=tmp_path)
     assert ran.code == 0, ran.err[-3000:]
-    assert log.wait_for(summaries_for(list(clips)), timeout=5), "no summary events"
-    events = log.snapshot()
+    events = wait_summaries(log, list(clips))
     first_label = next(i for i, e in enumerate(events) if e["type"] == "label")
     assert any(e["type"] == "status" for e in events[:first_label]), "joined late"
 
-    table = printed_summary(ran.out)
+    table = summary_rows(ran.out)
     for sid, (classes, size) in clips.items():
-        n = len(classes)
-        assert table[sid]["captured"] == table[sid]["labelled"] == n, ran.out
+        n = len(classes)  # the frames this test encoded: the oracle for every count below
+        assert captured_by_capture(ran.err, sid) == n, ran.err[-3000:]
+        assert (table[sid].captured, table[sid].labelled, table[sid].written) == (n, n, n), ran.out
         got = of_type(events, "label", sid)
         assert [e["seq"] for e in got] == list(range(n))
         for e in got:
@@ -272,17 +209,17 @@ def test_realtime_drop_policy_accounts_for_every_frame(
     log = event_log(f"tcp://127.0.0.1:{base}")
     ran = run_stream(["run", str(cfg)], cwd=tmp_path)
     assert ran.code == 0, ran.err[-3000:]
-    assert log.wait_for(summaries_for(["live"]), timeout=5), "no summary event"
-    events = log.snapshot()
+    events = wait_summaries(log, ["live"])
     (summary,) = of_type(events, "summary", "live")
     dropped = summary["dropped"]
+    assert captured_by_capture(ran.err, "live") == n, ran.err[-3000:]
     assert summary["captured"] == n
     assert summary["labelled"] + sum(dropped.values()) == summary["captured"], summary
     assert set(dropped) <= DROP_REASONS, dropped
     seqs = [e["seq"] for e in of_type(events, "label", "live")]
     assert len(seqs) == summary["labelled"] and seqs == sorted(set(seqs))
-    row = printed_summary(ran.out)["live"]
-    assert (row["captured"], row["labelled"], row["dropped"]) == (
+    row = summary_rows(ran.out)["live"]
+    assert (row.captured, row.labelled, row.dropped) == (
         n, summary["labelled"], sum(dropped.values()))
 
 
@@ -298,15 +235,8 @@ def convnext_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _default_ports_free() -> bool:
-    import socket
-
-    for port in (5561, 5570):  # `stream run --source` cannot move these (no flag for them)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+    # `stream run --source` cannot move these (no flag for them)
+    return all(port_is_free(port) for port in (5561, 5570))
 
 
 @pytest.mark.slow
@@ -328,8 +258,7 @@ def test_real_convnext_tiny_labels_every_frame(
     log = event_log(events_ep)
     ran = run_stream(args, cwd=tmp_path)
     assert ran.code == 0, ran.err[-3000:]
-    assert log.wait_for(summaries_for(["clip"]), timeout=5), "no summary event"
-    got = of_type(log.snapshot(), "label", "clip")
+    got = of_type(wait_summaries(log, ["clip"]), "label", "clip")
     assert [e["seq"] for e in got] == list(range(n))
     names = load_labels(None)
     assert len(names) == 1000
@@ -339,8 +268,8 @@ def test_real_convnext_tiny_labels_every_frame(
             assert 0 <= x["id"] < 1000 and x["name"] == names[x["id"]]
             assert 0 <= x["score"] <= 1
         assert sum(x["score"] for x in e["labels"]) <= 1 + 1e-5
-    row = printed_summary(ran.out)["clip"]
-    assert row["captured"] == row["labelled"] == n
+    row = summary_rows(ran.out)["clip"]
+    assert row.captured == row.labelled == n
     assert not (tmp_path / "models").exists()  # --model given: nothing built in the cwd
 
 
@@ -361,11 +290,11 @@ def wrong_shape_ir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _assert_clean_failure(ran: Ran) -> None:
-    """Exit 2 (a user error, cli.py), one `error:` line, no traceback, quickly."""
+    """Exit 2 (a user error, cli.py), one `error:` line, no traceback (and within
+    BAD_INPUT_TIMEOUT: run_stream fails the test otherwise)."""
     assert ran.code == 2, (ran.code, ran.err)
     assert "Traceback" not in ran.err, ran.err
     assert len(error_lines(ran.err)) == 1, ran.err
-    assert ran.seconds < BAD_INPUT_TIMEOUT, f"took {ran.seconds:.1f} s\n{ran.err}"
 
 
 @pytest.mark.timeout(60)
@@ -441,15 +370,12 @@ def test_image_folder_source(tmp_path: Path, oracle_model: tuple[Path, Path],
     log = event_log(f"tcp://127.0.0.1:{base}")
     ran = run_stream(["run", str(cfg)], cwd=tmp_path)
     assert ran.code == 0, ran.err
-    assert log.wait_for(lambda evs: any(e["type"] == "summary" for e in evs), 10)
-    got = [e for e in log.snapshot() if e["type"] == "label"]
+    got = of_type(wait_summaries(log, ["photos"]), "label", "photos")
     assert [e["seq"] for e in got] == list(range(len(classes)))
     assert [e["labels"][0]["id"] for e in got] == classes
     assert [e["pts"] for e in got] == pytest.approx([i / 5 for i in range(len(classes))])
     cap = cv2.VideoCapture(str(tmp_path / "out" / "photos.mp4"))
-    assert int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 320
-    n = 0
-    while cap.read()[0]:
-        n += 1
+    width = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
     cap.release()
-    assert n == len(classes)
+    assert width == 320
+    assert video_frames(tmp_path / "out" / "photos.mp4") == len(classes)

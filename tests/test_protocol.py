@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 from typing import Any
 
 import msgpack
@@ -25,7 +26,12 @@ FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthC
 # --------------------------------------------------------------------------- strategies
 
 text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)  # msgpack needs UTF-8
-stream_ids = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=64)
+# The stream id rule (DESIGN "Trust"), written out here rather than imported from stream.ids.
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+stream_ids = st.from_regex(STREAM_ID, fullmatch=True)
+# Ids a hostile peer would send: paths out of the output folder, hidden files, separators.
+HOSTILE_IDS = ["../../x/PWNED", "/etc/passwd", "..", ".", ".hidden", "a/b", "a\\b", "-x",
+               "_x", "a b", "cam\x00", "kamera-ä", "x" * 65, ""]
 u63 = st.integers(0, (1 << 63) - 1)
 num = st.floats(allow_nan=False, allow_infinity=False)  # NaN and inf are refused by design
 opt_num = st.none() | num
@@ -218,7 +224,7 @@ def _is_num(x: object) -> bool:
 
 
 ACCEPTS: dict[str, Any] = {
-    "stream": lambda x: isinstance(x, str) and 1 <= len(x) <= 64,
+    "stream": lambda x: isinstance(x, str) and STREAM_ID.fullmatch(x) is not None,
     "str": lambda x: isinstance(x, str),
     "int": _is_int,
     "opt_int": lambda x: x is None or _is_int(x),
@@ -251,7 +257,8 @@ field_values = st.one_of(
     msgpack_values,
     st.sampled_from([0, -1, 1 << 15, (1 << 15) + 1, (1 << 63) - 1, 1 << 63, (1 << 64) - 1,
                      -(1 << 63), math.nan, math.inf, -math.inf, "", "x" * 65, [], {}, [1.5],
-                     [-1], [True], {"a": 1.5}, {"a": True}, True, False, None]),
+                     [-1], [True], {"a": 1.5}, {"a": True}, True, False, None,
+                     *HOSTILE_IDS]),
 )
 
 
@@ -265,6 +272,17 @@ def test_every_field_of_the_wrong_type(msg: p.Message, data: st.DataObject) -> N
     assume(not ACCEPTS[spec[key]](value))
     # Keep one-field-wrong messages otherwise valid, so it is this field that is refused.
     _rejects([_pack({**head, key: value}), *p.encode(msg)[1:]])
+
+
+@pytest.mark.parametrize("bad", HOSTILE_IDS)
+def test_hostile_stream_ids_are_refused(bad: str) -> None:
+    """Issue 7 #1: an id that would name a file outside the output folder never decodes."""
+    for msg in (p.Hello("cam1", "file", 25.0, 4, 4, 1, "x", "wait"),
+                p.Frame("cam1", 0, None, 1.0, 2, 2, None),
+                p.Result("cam1", 0, 1.0, "w", (1,), (0.5,), 1.0),
+                p.Eos("cam1", 1, "end")):
+        frames = p.encode(msg)
+        _rejects([_pack({**_header(msg), "stream": bad}), *frames[1:]])
 
 
 @settings(max_examples=300, deadline=None)
