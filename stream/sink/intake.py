@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Hashable
 
 import zmq
 
 from stream.errors import ProtocolError
 from stream.protocol import Message, decode
+from stream.runtime import Rejections
 from stream.transport import Socket
 
 log = logging.getLogger(__name__)
-
-MAX_LOGGED_KEYS = 1000
-"""(peer, kind) pairs remembered for log-once; past that, refusals are only counted."""
-
 
 def _peer(frame: zmq.Frame) -> str:
     """The sender's address as ZMQ knows it (TCP: its IP, e.g. ``::ffff:10.0.0.9``), or ``?``."""
@@ -42,27 +40,27 @@ def refusal_kind(exc: Exception) -> str:
 
 
 class Refusals:
-    """Refused messages: counted by kind, logged once per (peer, kind)."""
+    """Refused messages: counted by kind; logged through :class:`stream.runtime.Rejections`
+    once per (peer, kind), so every role reports bad input the same way."""
 
     def __init__(self, logger: logging.Logger = log) -> None:
         self.by_kind: Counter[str] = Counter()
-        self.logged: set[tuple[str, str]] = set()  # (peer, kind) already logged
-        self._log = logger
+        self._rejections = Rejections(logger)
 
     @property
     def count(self) -> int:
         """Messages refused so far."""
-        return sum(self.by_kind.values())
+        return self._rejections.count
+
+    @property
+    def logged(self) -> list[Hashable]:
+        """The (peer, kind) pairs seen so far (each was logged when first seen)."""
+        return list(self._rejections.by_key)
 
     def __call__(self, peer: str, kind: str, detail: str) -> None:
         """Count one refusal; log it if it is the first of its kind from that peer."""
         self.by_kind[kind] += 1
-        key = (peer, kind)
-        if key in self.logged or len(self.logged) >= MAX_LOGGED_KEYS:
-            return
-        self.logged.add(key)
-        self._log.warning("refused a message from %s (%s): %s; more like it from there are "
-                          "counted in the summary, not logged", peer, kind, detail)
+        self._rejections(f"from {peer} ({kind}): {detail}", key=(peer, kind))
 
 
 class Intake:
