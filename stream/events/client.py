@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
@@ -29,10 +29,28 @@ from stream.transport import Sockets
 
 log = logging.getLogger(__name__)
 
+class _Closing:
+    """``with`` support for the classes below: leaving the block calls ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------- publisher
 
 
-class EventPublisher:
+class EventPublisher(_Closing):
     """Publishes events on a ZMQ PUB socket without ever blocking the caller.
 
     Not thread-safe (ZMQ sockets are not): publish from the thread that owns it.
@@ -119,22 +137,11 @@ class EventPublisher:
         if not self._socket.closed:
             self._socket.close(linger=linger_ms)
 
-    def __enter__(self) -> EventPublisher:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 # --------------------------------------------------------------------------- subscriber
 
 
-class Subscriber:
+class Subscriber(_Closing):
     """A SUB socket that yields validated events of chosen streams and types.
 
     Use as a context manager, or call :meth:`close`. :func:`subscribe` wraps it in a
@@ -226,17 +233,6 @@ class Subscriber:
         sockets = getattr(self, "_sockets", None)
         if sockets is not None:
             sockets.close(linger_ms=0)
-
-    def __enter__(self) -> Subscriber:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _check_filters(
