@@ -257,10 +257,10 @@ class Worker:
         # Tasks that never started are not "done": the bye tells captures to re-send them.
         self.pending.clear()
         self.credits.bye()
-        done = max(1, self.counters["done"])
-        log.info("worker %s stopped: %s; mean request time %.1f ms; process cpu %.1f ms/frame",
-                 self.s.name, dict(self.counters), self.infer_ms_total / done,
-                 1000 * cpu_seconds() / done)
+        done = self.counters["done"]
+        per_frame = (f"; mean request time {self.infer_ms_total / done:.1f} ms; process cpu "
+                     f"{1000 * cpu_seconds() / done:.1f} ms/frame") if done else ""
+        log.info("worker %s stopped: %s%s", self.s.name, dict(self.counters), per_frame)
 
     def _reject(self, why: str) -> None:
         self.counters["rejected"] += 1
