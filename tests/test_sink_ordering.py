@@ -216,3 +216,44 @@ def test_results_of_a_stream_never_announced_are_not_turned_into_lost_frames() -
     o.handle(result(7, "x"), 0.0)  # a stream that never sends a frame
     assert o.release(200.0, force="shutdown") == []
     assert o.streams["x"].stats.late == 1 and o.streams["x"].stats.resolved == 0
+
+
+@pytest.mark.parametrize("policy", ["wait", "drop"])
+def test_full_frames_and_labels_before_the_hello_are_not_a_restart(policy: str) -> None:
+    """Full frames come on the capture's video link, the hello on its control link: the
+    sink may see frames 0..4 (and release them with their labels) before the hello of
+    seq 0. That is the same session, not a capture restart (seen in e2e runs)."""
+    o = Ordering(timeout_s=1.0)
+    out: list[Outcome | SessionEnded] = []
+    for seq in range(5):
+        out += o.handle(frame(seq, image=True), 0.0)
+        out += o.handle(result(seq), 0.0)
+    out += o.release(0.0)
+    out += o.handle(hello("a", policy, 0, total=8), 0.1)
+    for seq in range(5, 8):
+        out += o.handle(frame(seq, image=True), 0.2)
+        out += o.handle(result(seq), 0.2)
+    out += o.handle(Eos("a", 8, "end"), 0.3)
+    out += o.release(0.3)
+    assert labelled(out, "a") == list(range(8))
+    assert not [r for r in out if isinstance(r, SessionEnded) and r.restarted]
+    assert len(o.streams["a"].stats.sessions) == 1
+
+
+def test_a_reconnect_hello_behind_full_frames_is_not_a_restart_but_seq_going_back_is() -> None:
+    """A live reconnect announces the next seq (10); full frames 10..12 may beat it. A
+    capture that restarts announces a seq behind a stamp already seen: a new session."""
+    o = Ordering(timeout_s=1.0)
+    out: list[Outcome | SessionEnded] = []
+    out += o.handle(hello("a", "drop"), 0.0)
+    for seq in range(10):
+        out += o.handle(frame(seq), 0.0)  # stamps on the control link
+        out += o.handle(result(seq), 0.0)
+    for seq in range(10, 13):
+        out += o.handle(frame(seq, image=True), 0.1)
+    out += o.handle(hello("a", "drop", seq=10), 0.1)
+    assert len(o.streams["a"].stats.sessions) == 1
+    out += o.handle(Drop("a", 13, None, 113.0, "busy"), 0.2)
+    out += o.handle(frame(13), 0.2)
+    out += o.handle(hello("a", "drop", seq=0), 0.3)  # the capture process restarted
+    assert len(o.streams["a"].stats.sessions) == 2

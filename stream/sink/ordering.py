@@ -153,6 +153,7 @@ class StreamOrder:
         self.hello: Hello | None = None
         self.eos_at = 0.0
         self.closed = False  # the current session has been drained and reported ended
+        self.control_max = -1  # highest seq of a stamp or drop since the last hello
         self.stats = StreamStats(sessions=[Session(1, 0)])
 
     @property
@@ -201,6 +202,8 @@ class StreamOrder:
             elif isinstance(msg, Frame) and msg.image is not None:
                 self.stats.late_frames += 1
             return
+        if isinstance(msg, Drop) or (isinstance(msg, Frame) and msg.image is None):
+            self.control_max = max(self.control_max, msg.seq)
         e = self.pending.get(msg.seq)
         if e is None:
             e = self.pending[msg.seq] = _Entry(seen=now)
@@ -218,8 +221,7 @@ class StreamOrder:
     def take_hello(self, msg: Hello, now: float) -> list[Released]:
         """A capture (re)started this stream; a restart ends the old session first."""
         out: list[Released] = []
-        seen_up_to = max([self.next_seq, *(k + 1 for k in self.pending)])
-        if self.synced and (msg.seq < seen_up_to or self.eos is not None):
+        if self._restarted_by(msg):
             out = self.release(now, force="capture_restarted")
             if not self.closed:
                 out.append(SessionEnded(self.stream, self.session.number, restarted=True))
@@ -228,9 +230,28 @@ class StreamOrder:
             self.pending.clear()
             self.closed = False
         self.hello = msg
+        self.control_max = -1
         self.session.announced = msg.total_frames
         self._sync(msg.seq)
         return out
+
+    def _restarted_by(self, hello: Hello) -> bool:
+        """Whether ``hello`` starts a new capture session rather than announcing this one.
+
+        Full frames travel on the capture's video link, hello/stamps/drops on its control
+        link, and the sink reads both in turn: a session's first full frames (and their
+        labels) may come before its hello. So only what the control link said counts: a
+        capture restarted when its seq went back behind a stamp or drop already seen since
+        the last hello, behind what was released, or after the session's eos. A first
+        hello is a restart only for a sink that joined mid-stream (seq behind where it
+        joined).
+        """
+        if not self.synced:
+            return False
+        if self.hello is None:
+            return hello.seq < self.session.first_seq
+        return (self.eos is not None or hello.seq <= self.control_max
+                or hello.seq < self.next_seq)
 
     def take_eos(self, msg: Eos, now: float) -> None:
         """The capture's own count of the seqs it issued in this session."""
@@ -295,7 +316,7 @@ class StreamOrder:
             if e.drop is not None:
                 reason: str | None = e.drop
             elif e.result is not None:
-                reason = None
+                reason = None  # labelled, even if its frame never came (the label did)
             else:
                 reason = force or "worker_lost"
             result = e.result if reason is None else None
