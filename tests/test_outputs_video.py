@@ -151,10 +151,10 @@ def test_each_session_gets_its_own_file(tmp_path: Path) -> None:
         out.end_stream("cam")
     out.write(make_frame("cam", 0, numbered(0), 0.0, session=3))  # no end_stream: close ends it
     out.close()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam-2.mp4", "cam-3.mp4", "cam.mp4"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cam.mp4", "cam~2.mp4", "cam~3.mp4"]
     assert len(decode_all(tmp_path / "cam.mp4")) == 5
-    assert len(decode_all(tmp_path / "cam-2.mp4")) == 7
-    assert len(decode_all(tmp_path / "cam-3.mp4")) == 1
+    assert len(decode_all(tmp_path / "cam~2.mp4")) == 7
+    assert len(decode_all(tmp_path / "cam~3.mp4")) == 1
 
 
 def test_a_frame_of_another_aspect_ratio_is_letterboxed_not_stretched(tmp_path: Path) -> None:

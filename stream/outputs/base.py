@@ -26,7 +26,7 @@ class OutputFrame:
     Attributes:
         stream: stream id (already validated against the id rule).
         session: 1 for a stream's first capture session, 2+ after the capture restarted
-            (the video file output starts ``<id>-<session>.mp4`` then).
+            (the video file output starts ``<id>~<session>.mp4`` then).
         seq: the frame's seq within the stream.
         pts: media time in seconds from the source (None if the source has none).
         ts: capture wall time (Unix seconds); outputs time frames by it when ``pts`` is None.

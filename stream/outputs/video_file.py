@@ -218,7 +218,10 @@ def _fail_message(path: Path, exc: BaseException) -> OSError:
 
 
 class VideoFileOutput:
-    """Writes each stream's frames to ``<output_dir>/<stream>[-<session>].<container>``.
+    """Writes each stream's frames to ``<output_dir>/<stream>[~<session>].<container>``.
+
+    ``~`` is outside the id rule, so a restart of ``cam`` never takes the file of a stream
+    named ``cam-2``.
 
     An :class:`~stream.outputs.base.Output` (name ``video``); the runner calls it from one
     thread only. ``retry_after_error`` is False: after a failure the stream's file stays as
@@ -311,7 +314,7 @@ class VideoFileOutput:
     def _open(self, frame: OutputFrame) -> _File:
         h, w = frame.image.shape[:2]
         size = (w + w % 2, h + h % 2)
-        suffix = "" if frame.session <= 1 else f"-{frame.session}"
+        suffix = "" if frame.session <= 1 else f"~{frame.session}"
         path = path_inside(self.output_dir, f"{frame.stream}{suffix}.{self.container}")
         fps = frame.source_fps if frame.source_fps > 0 else 25.0
         try:
