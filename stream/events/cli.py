@@ -75,8 +75,9 @@ def format_event(event: Mapping[str, Any]) -> str:
         drops = f"dropped {sum(dropped.values())}"
         if dropped:
             drops += f" ({_fmt_counts(dropped)})"
+        captured = "unknown" if event["captured"] is None else event["captured"]
         return (
-            f"{head} summary: captured {event['captured']}, labelled {event['labelled']}, "
+            f"{head} summary: captured {captured}, labelled {event['labelled']}, "
             f"{drops}, {float(event['fps']):.1f} fps, "
             f"latency p50 {_fmt_ms(lat['p50'])} p99 {_fmt_ms(lat['p99'])}"
         )
