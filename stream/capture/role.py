@@ -138,7 +138,7 @@ def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
         stream=src.id, url=src.url, kind=kind, policy=src.resolved_policy(),
         loop=src.loop, realtime=src.realtime,
         fps_cap=src.fps if kind in ("rtsp", "camera") else None,
-        send_images=cfg.sink.output_dir is not None,
+        send_images=cfg.sink.wants_images,
         input_size=model_input_size(cfg.model.path),
     )
     source = make_source(settings, src.rtsp_transport, src.fps)

@@ -6,6 +6,7 @@ The shared base (`Strict`, `Problem`) lives in `base.py`, the `sources[]` sectio
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -97,6 +98,36 @@ class WorkersConfig(Strict):
     )
 
 
+def split_http(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) → (host without brackets, port).
+
+    Raises:
+        ValueError: with a user-facing message.
+    """
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("give HOST:PORT with a port 1..65535, like 127.0.0.1:8080 or "
+                         "[::1]:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets: [{host}]:{port}")
+    if not host or "/" in host or " " in host:
+        raise ValueError("give only a host and a port, like 127.0.0.1:8080")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, no brackets) can only be reached from this
+    machine: ``localhost``, 127.0.0.0/8, ``::1``."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # another host name: it may resolve to anything
+
+
 class SinkConfig(Strict):
     """The sink: joins labels to frames, writes videos, publishes label events."""
 
@@ -131,11 +162,49 @@ class SinkConfig(Strict):
         "it dropped.",
     )
     draw: bool = Field(default=True, description="Overlay labels on the output video.")
+    http: str | None = Field(
+        default=None,
+        min_length=1,
+        description="HOST:PORT where the sink serves its web view (/), MJPEG streams, "
+        "/api/streams, /healthz and Prometheus /metrics; null = off. No authentication: "
+        "a loopback address (127.0.0.1:8080, [::1]:8080, localhost:8080) unless "
+        "http_insecure is true. `stream run` turns it on at 127.0.0.1:8080 when unset.",
+    )
+    http_insecure: bool = Field(
+        default=False,
+        description="Allow `http` on a non-loopback address (0.0.0.0:8080): anyone who "
+        "reaches the port sees the video and the numbers. Put a proxy with auth in front.",
+    )
 
     @field_validator("events")
     @classmethod
     def _endpoint(cls, value: str) -> str:
         return check_endpoint(value)
+
+    @field_validator("http")
+    @classmethod
+    def _http_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_http(value)
+        return value
+
+    @model_validator(mode="after")
+    def _http_loopback(self) -> SinkConfig:
+        if self.http is not None and not self.http_insecure:
+            host, _ = split_http(self.http)
+            if not is_loopback(host):
+                message = (
+                    f"the web view has no authentication: bind it to 127.0.0.1 (or [::1]), "
+                    f"or set sink.http_insecure: true to serve {self.http} to the network"
+                )
+                raise Problems([Problem(("http",), message, self.http)])
+        return self
+
+    @property
+    def wants_images(self) -> bool:
+        """Whether captures send full frames to the sink: an output needs them (video
+        files, the web view)."""
+        return self.output_dir is not None or self.http is not None
 
     @model_validator(mode="after")
     def _codec_fits_container(self) -> SinkConfig:
