@@ -19,6 +19,7 @@ from typing import Any
 
 from stream import __version__
 from stream.errors import ConfigError, StreamError
+from stream.health import heartbeat
 
 log = logging.getLogger("stream")
 
@@ -222,7 +223,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     stop = _role_stop(args)
-    return run_capture(cfg, args.source, stop, args.connect)
+    with heartbeat("capture", args.source):  # for `stream health --role capture`
+        return run_capture(cfg, args.source, stop, args.connect)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -231,7 +233,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     stop = _role_stop(args)
-    return run_worker(cfg, stop, args.connect, args.name)
+    with heartbeat("worker", args.name or f"{socket.gethostname()}:{os.getpid()}"):
+        return run_worker(cfg, stop, args.connect, args.name)
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
@@ -239,7 +242,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     cfg = _load(args.config)
     stop = _role_stop(args)
-    return run_sink(cfg, stop, run_forever=args.forever)
+    with heartbeat("sink", "sink"):
+        return run_sink(cfg, stop, run_forever=args.forever)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -252,6 +256,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from stream.events import add_subscribe_parser
+    from stream.health import add_health_parser
     from stream.model.cli import add_model_parser
 
     parser = argparse.ArgumentParser(
@@ -330,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_subscribe_parser(sub)
     add_model_parser(sub)
+    add_health_parser(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ from typing import TextIO
 import zmq
 
 from stream.config import StreamConfig
+from stream.health import beat
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status
 from stream.runtime import cpu_seconds
 from stream.sink.feed import OutputFeed, Runner
@@ -187,6 +188,7 @@ class Sink:
         """
         try:
             while not self.stop.is_set() and not self.finished():
+                beat()  # `stream health --role sink`: the loop turns
                 self._receive(50)
                 now = self.clock()
                 self.release(now)
