@@ -41,15 +41,20 @@ roles (for spreading one deployment over several machines):
 """
 
 
-def _load(path: str) -> Any:
-    """A config from a YAML file, or from stdin when the path is ``-`` (used by `run`)."""
+def _load(path: str, urls: Sequence[str] | None = None) -> Any:
+    """A config from a YAML file, or from stdin when the path is ``-`` (used by `run`).
+
+    Args:
+        urls: the source ids whose ``url`` this role expands (``${VAR}``); None = all. A
+            worker or sink passes ``()``: it never needs a camera secret.
+    """
     from stream.config import config_from_dict, load_config
 
     if path == "-":
         import json
 
         return config_from_dict(json.loads(sys.stdin.read()), "<stdin>")
-    return load_config(path)
+    return load_config(path, urls=urls)
 
 
 def _source_id(url: str, i: int, taken: set[str]) -> str:
@@ -221,7 +226,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     _check_connect(args)
     from stream.capture import run_capture
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, urls=(args.source,))
     stop = _role_stop(args)
     with heartbeat("capture", args.source):  # for `stream health --role capture`
         return run_capture(cfg, args.source, stop, args.connect)
@@ -231,7 +236,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _check_connect(args)
     from stream.worker import run_worker
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, urls=())
     stop = _role_stop(args)
     with heartbeat("worker", args.name or f"{socket.gethostname()}:{os.getpid()}"):
         return run_worker(cfg, stop, args.connect, args.name)
@@ -240,7 +245,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_sink(args: argparse.Namespace) -> int:
     from stream.sink import run_sink
 
-    cfg = _load(args.config)
+    cfg = _load(args.config, urls=())
     stop = _role_stop(args)
     with heartbeat("sink", "sink"):
         return run_sink(cfg, stop, run_forever=args.forever)

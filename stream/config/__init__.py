@@ -31,6 +31,7 @@ from stream.config.load import config_from_dict, expand_env, load_config
 from stream.config.models import (
     ModelConfig,
     Policy,
+    SecurityConfig,
     SinkConfig,
     SourceConfig,
     SourceKind,
@@ -44,6 +45,7 @@ from stream.config.report import describe, dump_config, schema_markdown
 __all__ = [
     "ModelConfig",
     "Policy",
+    "SecurityConfig",
     "SinkConfig",
     "SourceConfig",
     "SourceKind",

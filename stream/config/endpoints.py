@@ -139,3 +139,21 @@ def same_address(a: str, b: str) -> bool:
     return a == b
 
 
+
+
+def is_exposed(endpoint: str) -> bool:
+    """Whether binding ``endpoint`` listens beyond this machine: a tcp address that is not
+    loopback (``127.x``, ``localhost``, ``::1``). ipc:// and inproc:// never are."""
+    if not endpoint.startswith("tcp://"):
+        return False
+    try:
+        host, _ = split_tcp(endpoint)
+    except ValueError:
+        return True
+    host = host.strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a wildcard or a host name: reachable from elsewhere

@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +155,17 @@ def _expand(
     env: Mapping[str, str],
     problems: list[Problem],
     templates: dict[Loc, str],
+    skip: frozenset[Loc] = frozenset(),
 ) -> object:
-    """Expand `${VAR}` in every string of `node`; record problems and the raw templates."""
+    """Expand `${VAR}` in every string of `node` except at the key paths in `skip` (kept
+    as written); record problems and the raw templates."""
     if isinstance(node, dict):
-        return {k: _expand(v, (*loc, str(k)), env, problems, templates) for k, v in node.items()}
+        return {k: _expand(v, (*loc, str(k)), env, problems, templates, skip)
+                for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, (*loc, i), env, problems, templates) for i, v in enumerate(node)]
-    if not isinstance(node, str) or "${" not in node:
+        return [_expand(v, (*loc, i), env, problems, templates, skip)
+                for i, v in enumerate(node)]
+    if not isinstance(node, str) or "${" not in node or loc in skip:
         return node
 
     def _substitute(match: re.Match[str]) -> str:
@@ -255,13 +259,27 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> StreamConfig:
+def _unused_urls(data: Mapping[Any, Any], urls: Collection[str] | None) -> frozenset[Loc]:
+    """Key paths of the `sources[].url` a role does not use (left unexpanded)."""
+    sources = data.get("sources")
+    if urls is None or not isinstance(sources, list):
+        return frozenset()
+    return frozenset(("sources", i, "url") for i, src in enumerate(sources)
+                     if not (isinstance(src, Mapping) and str(src.get("id")) in urls))
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None,
+                urls: Collection[str] | None = None) -> StreamConfig:
     """Read, expand and validate a YAML config file.
 
     Args:
         path: the YAML file.
         env: variables for `${VAR}` / `${VAR:-default}` expansion; None = `os.environ`, read
             now (nothing is read from the environment at import time).
+        urls: expand `sources[].url` only for these source ids (a capture: its own; a
+            worker or sink: none), so a role never needs, nor reads, a camera secret it
+            does not use; the other urls stay as written (`${VAR}` templates, never
+            opened). None = every url (`stream run`, `stream validate`).
 
     Returns:
         The validated, frozen config.
@@ -294,7 +312,8 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Strea
         )
     problems: list[Problem] = []
     templates: dict[Loc, str] = {}
-    expanded = _expand(data, (), os.environ if env is None else env, problems, templates)
+    expanded = _expand(data, (), os.environ if env is None else env, problems, templates,
+                       _unused_urls(data, urls))
     if problems:
         raise _config_error(name, problems, templates)
     assert isinstance(expanded, dict)

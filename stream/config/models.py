@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from stream.config.base import Loc, Problem, Problems, Strict
-from stream.config.endpoints import check_endpoint, same_address, split_tcp
+from stream.config.endpoints import check_endpoint, is_exposed, same_address, split_tcp
+from stream.config.security import SecurityConfig
 from stream.config.sources import Policy, SourceConfig, SourceKind
 from stream.errors import ConfigError
 
@@ -22,6 +23,7 @@ __all__ = [
     "Policy",
     "Problem",
     "Problems",
+    "SecurityConfig",
     "SinkConfig",
     "SourceConfig",
     "SourceKind",
@@ -48,9 +50,9 @@ class ModelConfig(Strict):
     path: str = Field(
         default="models/convnext-tiny.xml",
         min_length=1,
-        description="OpenVINO IR (.xml, with its .bin beside it). `stream run` builds the "
-        "default IR on first use if missing; `stream worker` does not (on a worker machine, "
-        "copy the IR there or run `stream model build`).",
+        description="OpenVINO IR (.xml, with its .bin beside it). `stream run` and `stream "
+        "worker` build the default IR (models/convnext-tiny.xml) on first use if missing; "
+        "any other path must exist on every worker machine.",
     )
     device: str = Field(
         default="CPU",
@@ -85,6 +87,19 @@ class ModelConfig(Strict):
         description="Labels file, one class per line; null = the ImageNet-1k labels shipped "
         "with the package.",
     )
+    input_size: tuple[int, int] | None = Field(
+        default=None,
+        description="[width, height] of the model's image input, what captures crop to. "
+        "null = read from the IR (a capture machine without the IR assumes the default "
+        "model's 224x224). Workers whose model differs are refused.",
+    )
+
+    @field_validator("input_size")
+    @classmethod
+    def _size(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and not all(16 <= v <= 4096 for v in value):
+            raise ValueError("width and height must be 16..4096")
+        return value
 
 
 class WorkersConfig(Strict):
@@ -299,6 +314,22 @@ class StreamConfig(Strict):
     transport: TransportConfig = Field(
         default=TransportConfig(), description="ZeroMQ endpoints; see `transport`."
     )
+    security: SecurityConfig = Field(
+        default=SecurityConfig(), description="CurveZMQ keys between hosts; see `security`."
+    )
+
+    def frames_endpoint(self, i: int) -> str:
+        """Where workers connect to capture ``i``: ``sources[i].frames``, else
+        ``transport.frames`` with port + i."""
+        return self.sources[i].frames or self.transport.frames_endpoint(i)
+
+    def frames_endpoints(self) -> list[str]:
+        """Where workers connect to every capture, in source order."""
+        return [self.frames_endpoint(i) for i in range(len(self.sources))]
+
+    def frames_bind(self, i: int) -> str:
+        """What capture ``i`` binds: ``sources[i].frames_bind``, else its frames endpoint."""
+        return self.sources[i].frames_bind or self.frames_endpoint(i)
 
     @model_validator(mode="after")
     def _check_deployment(self) -> StreamConfig:
@@ -316,6 +347,8 @@ class StreamConfig(Strict):
                     )
                 )
         problems.extend(self._check_addresses())
+        if not problems:
+            problems.extend(self._check_exposed())
         if problems:
             raise Problems(problems)
         return self
@@ -338,7 +371,7 @@ class StreamConfig(Strict):
             (("transport", "sink"), "transport.sink", transport.sink),
         ]
         bound += [
-            (("transport", "frames"), f"capture {i}'s frames", transport.frames_endpoint(i))
+            (("transport", "frames"), f"capture {i}'s frames", self.frames_bind(i))
             for i in range(n)
         ]
         for j, (loc, name, address) in enumerate(bound):
@@ -352,6 +385,30 @@ class StreamConfig(Strict):
                             getattr(self.sink if loc[0] == "sink" else transport, str(loc[1])),
                         )
                     ]
+        return []
+
+    def _check_exposed(self) -> list[Problem]:
+        """A non-loopback tcp address bound without keys is refused unless insecure: true
+        (DESIGN.md "Trust": anyone reaching the port could inject frames or read labels)."""
+        sec = self.security
+        if sec.enabled or sec.insecure:
+            return []
+        bound: list[tuple[Loc, str]] = [
+            (("sink", "events"), self.sink.events),
+            (("transport", "sink"), self.transport.sink),
+        ]
+        for i, src in enumerate(self.sources):
+            where = "frames_bind" if src.frames_bind else "frames" if src.frames else None
+            loc: Loc = ("sources", i, where) if where else ("transport", "frames")
+            bound.append((loc, self.frames_bind(i)))
+        for loc, address in bound:
+            if is_exposed(address):
+                return [Problem(
+                    loc,
+                    "binds a non-loopback address without keys: set security.key and "
+                    "security.trusted (`stream keys generate NAME`; docs/config.md "
+                    "\"Security\"), or security.insecure: true for a closed network",
+                    address)]
         return []
 
 

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from stream.config.base import Problem, Problems, Strict
+from stream.config.endpoints import check_endpoint
 from stream.ids import STREAM_ID_RULE, is_stream_id
 
 SourceKind = Literal["file", "rtsp", "camera", "images"]
@@ -73,6 +74,23 @@ class SourceConfig(Strict):
         default=False,
         description="Files only: read at the file's native fps, like a live camera.",
     )
+    frames: str | None = Field(
+        default=None,
+        description="Where workers reach this capture's task socket, e.g. "
+        "tcp://cam-host:5570 (each capture on its own host); the capture binds it too unless "
+        "frames_bind says otherwise. null = transport.frames with port + i (source i).",
+    )
+    frames_bind: str | None = Field(
+        default=None,
+        description="What the capture binds when it differs from `frames` (a pod binds "
+        "tcp://*:5570 while workers connect to tcp://capture-gate:5570); null = `frames`.",
+    )
+    capture_key: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Public key file of this capture (workers check it); null = "
+        "security.capture_key.",
+    )
 
     @field_validator("url", mode="before")
     @classmethod
@@ -81,6 +99,11 @@ class SourceConfig(Strict):
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         return value
+
+    @field_validator("frames", "frames_bind")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint(value)
 
     @field_validator("id")
     @classmethod
