@@ -67,6 +67,17 @@ class _Writer(Protocol):
     def abort(self) -> None: ...
 
 
+def yuv420_frame(image: np.ndarray, ticks: int, time_base: Fraction) -> Any:
+    """A PyAV yuv420p frame of a BGR ``image``, stamped ``ticks`` in ``time_base``."""
+    # OpenCV's I420 is BT.601 limited range, as swscale's default, and ~7x cheaper here.
+    i420 = cast("np.ndarray[Any, np.dtype[np.uint8]]",
+                cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420))
+    frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    frame.pts = ticks
+    frame.time_base = time_base
+    return frame
+
+
 class _AvWriter:
     """H.264 through PyAV: per-frame timestamps, fragmented MP4 (or Matroska)."""
 
@@ -94,12 +105,7 @@ class _AvWriter:
         self._last_interval = self._nominal
 
     def write(self, image: np.ndarray, ticks: int) -> None:
-        # OpenCV's I420 is BT.601 limited range, as swscale's default, and ~7x cheaper here.
-        i420 = cast("np.ndarray[Any, np.dtype[np.uint8]]",
-                    cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420))
-        frame = av.VideoFrame.from_ndarray(i420, format="yuv420p")
-        frame.pts = ticks
-        frame.time_base = self._stream.time_base
+        frame = yuv420_frame(image, ticks, self._stream.time_base)
         if self._submitted:
             self._last_interval = ticks - self._submitted[-1]
         self._submitted.append(ticks)
@@ -155,7 +161,7 @@ class _CvWriter:
         self._writer.release()
 
 
-class _Timeline:
+class Timeline:
     """A session's frame times in ticks from its first frame, always increasing.
 
     The clock is the first frame's: ``pts`` if it has one, else ``ts``. A frame without
@@ -192,13 +198,34 @@ class _Timeline:
         return ticks
 
 
+def even_size(image: np.ndarray) -> tuple[int, int]:
+    """(width, height) of ``image`` rounded up to even, as 4:2:0 video needs."""
+    h, w = image.shape[:2]
+    return w + w % 2, h + h % 2
+
+
+def render(frame: OutputFrame, size: tuple[int, int], draw: bool) -> np.ndarray:
+    """The picture to encode: ``frame`` letterboxed to ``size`` (width, height) when its size
+    differs, with the label panel drawn when ``draw`` (on a copy: the image is read-only)."""
+    image = frame.image
+    if image.shape[1] != size[0] or image.shape[0] != size[1]:
+        canvas = letterbox(image, *size)
+    elif draw:
+        canvas = image.copy()
+    else:
+        return image
+    if draw:
+        draw_overlay(canvas, frame.stream, frame.labels, frame.fps, frame.note)
+    return canvas
+
+
 @dataclass
 class _File:
     session: int
     path: Path
     size: tuple[int, int]
     writer: _Writer
-    timeline: _Timeline
+    timeline: Timeline
 
 
 def _fail_message(path: Path, exc: BaseException) -> OSError:
@@ -272,7 +299,7 @@ class VideoFileOutput:
             file = None
         if file is None:
             file = self._open(frame)
-        canvas = self._canvas(frame, file.size)
+        canvas = render(frame, file.size, self.draw)
         try:
             file.writer.write(canvas, file.timeline.ticks(frame))
         except (OSError, av.error.FFmpegError) as exc:
@@ -312,8 +339,7 @@ class VideoFileOutput:
             log.error("stream %s: %s", stream, exc)
 
     def _open(self, frame: OutputFrame) -> _File:
-        h, w = frame.image.shape[:2]
-        size = (w + w % 2, h + h % 2)
+        size = even_size(frame.image)
         suffix = "" if frame.session <= 1 else f"~{frame.session}"
         path = path_inside(self.output_dir, f"{frame.stream}{suffix}.{self.container}")
         fps = frame.source_fps if frame.source_fps > 0 else 25.0
@@ -328,21 +354,10 @@ class VideoFileOutput:
             self._failed[frame.stream] = frame.session
             raise _fail_message(path, exc) from exc
         log.info("writing %s (%dx%d, %s)", path, size[0], size[1], self.codec)
-        file = _File(frame.session, path, size, writer, _Timeline(frame))
+        file = _File(frame.session, path, size, writer, Timeline(frame))
         self._files[frame.stream] = file
         return file
 
-    def _canvas(self, frame: OutputFrame, size: tuple[int, int]) -> np.ndarray:
-        image = frame.image
-        if image.shape[1] != size[0] or image.shape[0] != size[1]:
-            canvas = letterbox(image, *size)
-        elif self.draw:
-            canvas = image.copy()
-        else:
-            return image
-        if self.draw:
-            draw_overlay(canvas, frame.stream, frame.labels, frame.fps, frame.note)
-        return canvas
 
 
 def check_video_output(output_dir: str, container: str, codec: str) -> None:

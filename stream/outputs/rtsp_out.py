@@ -1,0 +1,273 @@
+"""RTSP out: each stream's overlaid frames published as H.264 to an RTSP server.
+
+Point ``sink.rtsp_out`` at a server that accepts publishing (MediaMTX, go2rtc, as Frigate
+users run; or ``ffmpeg -rtsp_flags listen``), e.g. ``rtsp://127.0.0.1:8554/{stream}``:
+``{stream}`` becomes each stream's id, so VLC or an NVR reads ``rtsp://host:8554/cam1``.
+
+How it behaves (an :class:`~stream.outputs.base.Output` run by an ``OutputRunner``):
+
+- **One connection per stream**, made at the stream's first frame: an RTSP ``ANNOUNCE`` +
+  ``RECORD`` over TCP (``rtsp_transport=tcp``: no loss, passes NAT and firewalls), then
+  libx264 with ``tune=zerolatency`` (no lookahead, no B-frames: a frame leaves as soon as
+  it is encoded), preset ``ultrafast`` by default, a keyframe every second (a viewer that
+  joins waits at most 1 s for a picture). Frames carry their own time (the source's
+  ``pts``, else the capture's wall time) from the connection's first frame.
+- **The server goes away or is not there yet**: the write raises ``OSError`` (the runner
+  counts the frame ``failed`` and reports the outage once), the connection is dropped, and
+  the next attempt waits a backoff that doubles from ``backoff_min_s`` to
+  ``backoff_max_s`` (reset by a connection that works). Between attempts a frame costs
+  nothing: it is refused at once (``failed``), so the runner's queue never backs up behind
+  a dead server. An attempt is bounded by ``timeout_s`` (connect, and every later write
+  through PyAV's interrupt timeout), so a server that hangs blocks only this output's
+  thread, for at most that long: the sink's other outputs and events go on, and live
+  frames offered meanwhile are dropped ``queue_full`` by the runner.
+- **Counted**: :meth:`RtspOutput.counters` (connects, reconnects, failed attempts, lost
+  connections, frames sent, up or down) for metrics.
+- **Credentials** in the URL (``rtsp://user:pass@host/...``) never reach a log line or an
+  error message: every message goes through ``redact_url``.
+- **Not paced**: frames go out as the sink releases them. A live camera is released at its
+  own pace; a file source processed faster than real time reaches the server in bursts,
+  with timestamps that tell a player the right speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+
+from stream.config.redact import redact_url
+from stream.outputs.base import OutputFrame
+from stream.outputs.video_file import TICKS_PER_SECOND, Timeline, even_size, render, yuv420_frame
+
+log = logging.getLogger(__name__)
+
+KEYFRAME_SECONDS = 1.0
+"""Keyframe interval: how long a viewer that joins waits for its first picture."""
+STREAM_PLACEHOLDER = "{stream}"
+
+
+def stream_url(template: str, stream: str) -> str:
+    """The URL ``stream`` is published to: ``{stream}`` in ``template`` replaced by its id."""
+    return template.replace(STREAM_PLACEHOLDER, stream)
+
+
+@dataclass(frozen=True)
+class RtspCounters:
+    """One stream's RTSP-out figures since the sink started (all sessions).
+
+    Attributes:
+        connected: publishing now.
+        connects: connections that worked (the first one and every reconnect).
+        reconnects: connections that worked after an earlier one was lost or failed.
+        connect_failures: connection attempts that failed (server down, refused, timeout).
+        disconnects: working connections lost while publishing (server gone).
+        frames_sent: frames handed to the server.
+    """
+
+    connected: bool = False
+    connects: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    frames_sent: int = 0
+
+
+class _Link:
+    """One RTSP publishing connection and its encoder; the connect happens at the first
+    frame (PyAV writes the RTSP header, i.e. ANNOUNCE/SETUP/RECORD, with the first packet)."""
+
+    def __init__(self, url: str, size: tuple[int, int], fps: float, preset: str,
+                 timeout_s: float) -> None:
+        self._out: Any = av.open(url, "w", format="rtsp",
+                                 options={"rtsp_transport": "tcp"},
+                                 timeout=(timeout_s, timeout_s))
+        try:
+            stream: Any = self._out.add_stream("libx264")
+            stream.width, stream.height = size
+            stream.pix_fmt = "yuv420p"
+            stream.time_base = Fraction(1, TICKS_PER_SECOND)
+            ctx = stream.codec_context
+            ctx.time_base = Fraction(1, TICKS_PER_SECOND)
+            ctx.gop_size = max(1, min(300, round(KEYFRAME_SECONDS * fps)))
+            ctx.max_b_frames = 0
+            ctx.options = {"preset": preset, "tune": "zerolatency"}
+        except BaseException:
+            self.close()
+            raise
+        self._stream = stream
+
+    def send(self, image: np.ndarray, ticks: int) -> None:
+        for packet in self._stream.encode(yuv420_frame(image, ticks, self._stream.time_base)):
+            self._out.mux(packet)
+
+    def close(self) -> None:
+        """Close the connection (TEARDOWN when the server is still there); never raises."""
+        try:
+            self._out.close()
+        except (OSError, av.error.FFmpegError) as exc:
+            log.debug("closing an RTSP connection: %s", exc)
+
+
+@dataclass
+class _State:
+    """A stream's connection state (owned by the output's thread, counters under a lock)."""
+
+    url: str
+    session: int
+    size: tuple[int, int]
+    link: _Link | None = None
+    timeline: Timeline | None = None
+    next_try: float = 0.0
+    backoff_s: float = 0.0
+    was_up: bool = False
+    counters: RtspCounters = RtspCounters()
+
+
+class RtspOutput:
+    """Publishes each stream to ``url_template`` with ``{stream}`` replaced by its id.
+
+    Args:
+        url_template: ``rtsp://`` or ``rtsps://`` URL; ``{stream}`` is replaced by the
+            stream id (validated by the config: needed when there are several streams).
+        draw: draw the label panel (on a copy).
+        preset: libx264 preset: ``ultrafast`` (default: the sink shares the CPU with
+            inference) or ``superfast`` (about half the bitrate for ~1.5x the CPU).
+        timeout_s: bound on a connection attempt and on each write.
+        backoff_min_s, backoff_max_s: wait after a failed attempt, doubling up to the max.
+        clock: monotonic seconds (injected so tests drive the backoff).
+    """
+
+    name = "rtsp"
+    retry_after_error = True
+
+    def __init__(self, url_template: str, draw: bool = True, preset: str = "ultrafast",
+                 timeout_s: float = 2.0, backoff_min_s: float = 0.5,
+                 backoff_max_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url_template = url_template
+        self.draw = draw
+        self.preset = preset
+        self.timeout_s = timeout_s
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = max(backoff_min_s, backoff_max_s)
+        self._clock = clock
+        self._states: dict[str, _State] = {}
+        self._lock = threading.Lock()
+        self._counters: dict[str, RtspCounters] = {}
+
+    def counters(self) -> dict[str, RtspCounters]:
+        """Per stream id, its figures now (safe to call from any thread, e.g. metrics)."""
+        with self._lock:
+            return dict(self._counters)
+
+    def write(self, frame: OutputFrame) -> None:
+        """Draw, encode and publish one frame; connect first when not connected.
+
+        Raises:
+            OSError: not connected (server down, waiting out the backoff) or the connection
+                was lost now; the message names the URL with its credentials hidden.
+        """
+        st = self._state(frame)
+        now = self._clock()
+        if st.link is None:
+            if now < st.next_try:
+                raise OSError(f"rtsp out {redact_url(st.url)}: not connected; next try in "
+                              f"{st.next_try - now:.1f} s")
+            self._connect(st, frame, now)
+            return
+        assert st.timeline is not None
+        try:
+            st.link.send(render(frame, st.size, self.draw), st.timeline.ticks(frame))
+        except (OSError, av.error.FFmpegError) as exc:
+            self._drop_link(st, now)
+            self._count(frame.stream, st, connected=False, disconnects=1)
+            log.warning("rtsp out %s: connection lost (%s); reconnecting",
+                        redact_url(st.url), _reason(exc))
+            raise OSError(f"rtsp out {redact_url(st.url)}: connection lost: "
+                          f"{_reason(exc)}") from None
+        self._count(frame.stream, st, frames_sent=1)
+
+    def end_stream(self, stream: str) -> None:
+        """The stream's session ended: close its connection (the server sees a TEARDOWN)."""
+        st = self._states.pop(stream, None)
+        if st is not None and st.link is not None:
+            st.link.close()
+            self._count(stream, st, connected=False)
+            log.info("rtsp out %s: stream %s ended", redact_url(st.url), stream)
+
+    def close(self) -> None:
+        """Close every connection."""
+        for stream in list(self._states):
+            self.end_stream(stream)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _state(self, frame: OutputFrame) -> _State:
+        st = self._states.get(frame.stream)
+        if st is not None and st.session != frame.session:
+            self.end_stream(frame.stream)  # a new capture session may bring a new size
+            st = None
+        if st is None:
+            st = _State(stream_url(self.url_template, frame.stream), frame.session,
+                        even_size(frame.image))
+            with self._lock:
+                st.counters = self._counters.get(frame.stream, RtspCounters())
+            self._states[frame.stream] = st
+        return st
+
+    def _connect(self, st: _State, frame: OutputFrame, now: float) -> None:
+        fps = frame.source_fps if frame.source_fps > 0 else 25.0
+        link: _Link | None = None
+        try:
+            link = _Link(st.url, st.size, fps, self.preset, self.timeout_s)
+            timeline = Timeline(frame)
+            link.send(render(frame, st.size, self.draw), timeline.ticks(frame))
+        except (OSError, av.error.FFmpegError) as exc:
+            if link is not None:
+                link.close()
+            st.backoff_s = (self.backoff_min_s if st.backoff_s == 0
+                            else min(2 * st.backoff_s, self.backoff_max_s))
+            st.next_try = now + st.backoff_s
+            self._count(frame.stream, st, connect_failures=1)
+            log.warning("rtsp out %s: cannot connect (%s); next try in %.1f s",
+                        redact_url(st.url), _reason(exc), st.backoff_s)
+            raise OSError(f"rtsp out {redact_url(st.url)}: cannot connect: "
+                          f"{_reason(exc)}") from None
+        st.link, st.timeline, st.backoff_s = link, timeline, 0.0
+        again = 1 if st.counters.connects or st.counters.connect_failures else 0
+        self._count(frame.stream, st, connected=True, connects=1, reconnects=again,
+                    frames_sent=1)
+        log.info("rtsp out %s: publishing stream %s (%dx%d)%s", redact_url(st.url),
+                 frame.stream, st.size[0], st.size[1], " again" if again else "")
+
+    def _drop_link(self, st: _State, now: float) -> None:
+        if st.link is not None:
+            st.link.close()
+        st.link, st.timeline = None, None
+        st.backoff_s = self.backoff_min_s  # the first retry soon: a server restart is quick
+        st.next_try = now + st.backoff_s
+
+    def _count(self, stream: str, st: _State, connected: bool | None = None,
+               **add: int) -> None:
+        c = st.counters
+        changes: dict[str, Any] = {k: getattr(c, k) + v for k, v in add.items()}
+        if connected is not None:
+            changes["connected"] = connected
+        st.counters = replace(c, **changes)
+        with self._lock:
+            self._counters[stream] = st.counters
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's text without the URL PyAV appends (it may hold credentials)."""
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return redact_url(str(text))

@@ -1,0 +1,221 @@
+"""RTSP out against a real RTSP server that accepts publishing, read back by a real client.
+
+The server is FFmpeg in listen mode (``ffmpeg -rtsp_flags listen -i rtsp://...``): it takes
+one publisher (ANNOUNCE/SETUP/RECORD over TCP), decodes what it receives and writes every
+decoded frame as raw BGR to a file, which the test reads back and checks against what it
+sent (count, content, the label panel drawn on it). Killing it is a server that goes away.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import find_free_port_base, wait_until
+
+from stream.outputs.base import OutputFrame
+from stream.outputs.rtsp_out import RtspOutput, stream_url
+from stream.outputs.runner import OutputRunner
+
+pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None,
+                                reason="needs ffmpeg on PATH (Debian: apt-get install ffmpeg)")
+
+W, H = 320, 240
+
+
+def level(i: int) -> int:
+    """The grey level of frame ``i``: 8 levels 20 apart, readable back after lossy coding."""
+    return 60 + (i % 8) * 20
+
+
+def make_frame(stream: str, seq: int, fps: float = 25.0) -> OutputFrame:
+    image = np.full((H, W, 3), level(seq), np.uint8)
+    image.flags.writeable = False
+    return OutputFrame(stream, 1, seq, seq / fps, 0.0, image, (("cat", 0.9),), None, None,
+                       fps)
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:port (read from /proc: connecting to the
+    one-shot FFmpeg server would use it up)."""
+    want = f"0100007F:{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if parts[1].upper().endswith(f":{port:04X}") and parts[3] == "0A" and (
+                    parts[1].upper() == want or table.endswith("6")):
+                return True
+    return False
+
+
+class Receiver:
+    """``ffmpeg -rtsp_flags listen``: one publisher's frames, decoded, to a raw BGR file."""
+
+    def __init__(self, port: int, path: str, out: Path) -> None:
+        self.url = f"rtsp://127.0.0.1:{port}/{path}"
+        self.port = port
+        self.out = out
+        self.log = out.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Receiver:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                ["ffmpeg", "-nostdin", "-v", "warning", "-rtsp_flags", "listen",
+                 "-i", self.url, "-fps_mode", "passthrough", "-f", "rawvideo",
+                 "-pix_fmt", "bgr24", "-y", str(self.out)],
+                stdout=subprocess.DEVNULL, stderr=log)
+        wait_until(lambda: listening(self.port) or self.proc.poll() is not None, 10,
+                   "the RTSP receiver to listen")
+        assert self.proc.poll() is None, self.log.read_text()
+        return self
+
+    def frames(self) -> int:
+        return self.out.stat().st_size // (W * H * 3) if self.out.exists() else 0
+
+    def read(self) -> np.ndarray:
+        data = np.fromfile(self.out, np.uint8)
+        return data[: self.frames() * W * H * 3].reshape(-1, H, W, 3)
+
+    def wait_exit(self, timeout: float = 10) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def receivers(tmp_path: Path):
+    made: list[Receiver] = []
+
+    def make(port: int, name: str, path: str = "live/cam") -> Receiver:
+        r = Receiver(port, path, tmp_path / f"{name}.raw")
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.kill()
+
+
+def assert_frames_match(frames: np.ndarray, first_seq: int) -> None:
+    """Each received frame has the level of the seq sent (away from the label panel), and
+    the label panel (dark, top-left) is drawn on it."""
+    for k, f in enumerate(frames):
+        want = level(first_seq + k)
+        got = int(f[150:, 150:].mean())
+        assert abs(got - want) <= 4, (k, got, want)
+        assert f[:5, :60].mean() < 0.6 * want, (k, "no label panel")
+
+
+def test_stream_url_puts_the_stream_id_in() -> None:
+    assert stream_url("rtsp://h:8554/{stream}", "cam1") == "rtsp://h:8554/cam1"
+    assert stream_url("rtsp://h/live/{stream}/main", "a.b") == "rtsp://h/live/a.b/main"
+
+
+def test_every_frame_reaches_the_server_with_the_overlay(receivers) -> None:
+    port = find_free_port_base(1)
+    rx = receivers(port, "rx").start()
+    out = RtspOutput(f"rtsp://127.0.0.1:{port}/live/{{stream}}")
+    n = 40
+    for i in range(n):
+        out.write(make_frame("cam", i))
+    counters = out.counters()["cam"]
+    out.end_stream("cam")  # TEARDOWN: the one-shot server ends its file and exits
+    out.close()
+    assert rx.wait_exit() == 0, rx.log.read_text()
+    frames = rx.read()
+    assert len(frames) == n
+    assert_frames_match(frames, 0)
+    assert counters.connected and counters.connects == 1 and counters.frames_sent == n
+    assert counters.reconnects == counters.connect_failures == counters.disconnects == 0
+    assert not out.counters()["cam"].connected
+
+
+def offer_until(runner: OutputRunner, seq: int, done, deadline_s: float,
+                what: str) -> int:
+    """Offer frames at ~50 fps (a live camera's pace: this paces the feed, it waits for
+    nothing) until ``done()``; returns the next seq."""
+    deadline = time.monotonic() + deadline_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        runner.offer(make_frame("cam", seq), wait=False)
+        seq += 1
+        time.sleep(0.02)
+    return seq
+
+
+def test_a_server_that_comes_up_later_is_connected_to(receivers, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    port = find_free_port_base(1)
+    out = RtspOutput(f"rtsp://user:s3cret@127.0.0.1:{port}/live/{{stream}}",
+                     backoff_min_s=0.1, backoff_max_s=0.4)
+    runner = OutputRunner(out, queue_size=4)
+    runner.start()
+    try:
+        # No server: attempts fail, are counted, and frames are refused at once.
+        seq = offer_until(runner, 0, lambda: out.counters().get("cam", None) is not None
+                          and out.counters()["cam"].connect_failures >= 3, 10,
+                          "three failed attempts")
+        rx = receivers(port, "rx").start()
+        seq = offer_until(runner, seq, lambda: rx.frames() >= 20, 15, "20 frames received")
+    finally:
+        runner.close()
+    assert rx.wait_exit() == 0, rx.log.read_text()
+    c = out.counters()["cam"]
+    assert c.connects == 1 and c.reconnects == 1 and c.connect_failures >= 3
+    assert c.disconnects == 0
+    counts = runner.counts("cam")
+    assert counts["written"] + counts["failed"] + counts["queue_full"] == seq
+    assert counts["written"] == c.frames_sent == rx.frames()
+    assert counts["failed"] >= 3
+    assert counts["queue_full"] == 0  # so the frames written are the last ones offered
+    assert_frames_match(rx.read(), seq - counts["written"])
+    errors = runner.take_errors()
+    assert len(errors) == 1 and "cannot connect" in errors[0][1]  # one outage, one report
+    logged = caplog.text + " ".join(m for _, m in errors)
+    assert "s3cret" not in logged and "user:" not in logged
+    assert "rtsp://***:***@127.0.0.1" in logged
+
+
+def test_a_server_that_goes_away_is_reconnected_to_and_the_sink_goes_on(receivers) -> None:
+    port = find_free_port_base(1)
+    out = RtspOutput(f"rtsp://127.0.0.1:{port}/live/{{stream}}", backoff_min_s=0.1,
+                     backoff_max_s=0.4)
+    runner = OutputRunner(out, queue_size=4)
+    runner.start()
+    try:
+        first = receivers(port, "first").start()
+        seq = offer_until(runner, 0, lambda: first.frames() >= 10, 15, "10 frames")
+        first.kill()  # the server dies without a goodbye
+        seq = offer_until(runner, seq, lambda: out.counters()["cam"].disconnects >= 1, 10,
+                          "the lost connection to be noticed")
+        second = receivers(port, "second").start()
+        seq = offer_until(runner, seq, lambda: second.frames() >= 10, 15,
+                          "10 frames on the restarted server")
+    finally:
+        runner.close()
+    assert second.wait_exit() == 0, second.log.read_text()
+    c = out.counters()["cam"]
+    assert c.disconnects == 1 and c.reconnects == 1 and c.connects == 2
+    counts = runner.counts("cam")
+    assert counts["written"] + counts["failed"] + counts["queue_full"] == seq
+    assert counts["failed"] >= 1
+    assert counts["queue_full"] == 0
+    # The restarted server's stream is whole from its first frame (a new encoder: a keyframe
+    # first): every frame sent since the reconnect, in order, with the overlay.
+    frames = second.read()
+    assert len(frames) >= 10
+    assert_frames_match(frames, seq - len(frames))
