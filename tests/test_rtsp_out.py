@@ -219,3 +219,30 @@ def test_a_server_that_goes_away_is_reconnected_to_and_the_sink_goes_on(receiver
     frames = second.read()
     assert len(frames) >= 10
     assert_frames_match(frames, seq - len(frames))
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("http://u:pw@h/x", "is not an rtsp:// or rtsps:// URL"),
+    ("rtsp://h", "names no path"),
+    ("rtsp://h/{id}", "{stream} is the only placeholder"),
+    ("rtsp://u:pw@h:99999/{stream}", "has a bad port"),
+    ("rtsp://u:pw@h:8554/live", "several sources would publish to one RTSP path"),
+])
+def test_a_bad_rtsp_out_url_is_a_config_error_without_the_password(url: str,
+                                                                   message: str) -> None:
+    from stream.config.load import config_from_dict
+    from stream.errors import ConfigError
+
+    sources = [{"id": "a", "url": "/tmp/a.mp4"}, {"id": "b", "url": "/tmp/b.mp4"}]
+    with pytest.raises(ConfigError, match=r"sink\.rtsp_out") as info:
+        config_from_dict({"sources": sources, "sink": {"rtsp_out": url}})
+    assert message in str(info.value)
+    assert "pw" not in str(info.value)
+
+
+def test_rtsp_out_alone_makes_captures_send_frames() -> None:
+    from stream.config.load import config_from_dict
+
+    cfg = config_from_dict({"sources": [{"id": "a", "url": "/tmp/a.mp4"}],
+                            "sink": {"rtsp_out": "rtsp://127.0.0.1:8554/live"}})
+    assert cfg.sink.wants_images and cfg.sink.output_dir is None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
 from stream.config.base import Loc, Problem, Problems, Strict
 from stream.config.endpoints import check_endpoint, is_exposed, same_address, split_tcp
+from stream.config.redact import redact_url
 from stream.config.security import SecurityConfig
 from stream.config.sources import Policy, SourceConfig, SourceKind
 from stream.errors import ConfigError
@@ -143,6 +145,31 @@ def is_loopback(host: str) -> bool:
         return False  # another host name: it may resolve to anything
 
 
+def check_rtsp_out(value: str) -> str:
+    """Check a ``sink.rtsp_out`` URL: rtsp:// or rtsps://, a host, a path; ``{stream}`` is
+    the only placeholder. Messages show the URL with its credentials hidden.
+
+    Raises:
+        ValueError: what is wrong, and what a good URL looks like.
+    """
+    shown = redact_url(value)
+    parts = urlsplit(value.replace("{stream}", "x"))
+    example = "e.g. rtsp://127.0.0.1:8554/{stream}"
+    if parts.scheme not in ("rtsp", "rtsps"):
+        raise ValueError(f"{shown} is not an rtsp:// or rtsps:// URL ({example})")
+    if not parts.hostname:
+        raise ValueError(f"{shown} names no server ({example})")
+    if parts.path in ("", "/"):
+        raise ValueError(f"{shown} names no path to publish to ({example})")
+    if "{" in value.replace("{stream}", "") or "}" in value.replace("{stream}", ""):
+        raise ValueError(f"{shown}: {{stream}} is the only placeholder ({example})")
+    try:
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise ValueError(f"{shown} has a bad port ({example})") from None
+    return value
+
+
 class SinkConfig(Strict):
     """The sink: joins labels to frames, writes videos, publishes label events."""
 
@@ -190,6 +217,15 @@ class SinkConfig(Strict):
         description="Allow `http` on a non-loopback address (0.0.0.0:8080): anyone who "
         "reaches the port sees the video and the numbers. Put a proxy with auth in front.",
     )
+    rtsp_out: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Publish each stream's overlaid video as H.264 to this RTSP server URL "
+        "(MediaMTX, go2rtc, ...): rtsp://HOST:PORT/PATH, where {stream} is replaced by the "
+        "stream id (needed with several sources), e.g. rtsp://127.0.0.1:8554/{stream}. "
+        "Credentials (rtsp://user:${RTSP_PASSWORD}@...) are never logged. A server that is "
+        "down is retried with backoff; null = off.",
+    )
 
     @field_validator("events")
     @classmethod
@@ -215,11 +251,18 @@ class SinkConfig(Strict):
                 raise Problems([Problem(("http",), message, self.http)])
         return self
 
+    @field_validator("rtsp_out")
+    @classmethod
+    def _rtsp_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_rtsp_out(value)
+        return value
+
     @property
     def wants_images(self) -> bool:
         """Whether captures send full frames to the sink: an output needs them (video
-        files, the web view)."""
-        return self.output_dir is not None or self.http is not None
+        files, the web view, RTSP out)."""
+        return self.output_dir is not None or self.http is not None or self.rtsp_out is not None
 
     @model_validator(mode="after")
     def _codec_fits_container(self) -> SinkConfig:
@@ -347,6 +390,12 @@ class StreamConfig(Strict):
                     )
                 )
         problems.extend(self._check_addresses())
+        if self.sink.rtsp_out is not None and len(self.sources) > 1 and (
+                "{stream}" not in self.sink.rtsp_out):
+            problems.append(Problem(("sink", "rtsp_out"), "several sources would publish to "
+                                    "one RTSP path: put {stream} in it, e.g. "
+                                    "rtsp://127.0.0.1:8554/{stream}",
+                                    redact_url(self.sink.rtsp_out)))
         if not problems:
             problems.extend(self._check_exposed())
         if problems:
