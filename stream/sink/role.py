@@ -280,6 +280,12 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
         check_video_output(s.output_dir, s.video_format, s.codec)
         video = VideoFileOutput(s.output_dir, s.video_format, s.codec, s.draw)
         outputs.append((video.name, OutputRunner(video, queue_size=QUEUE_SIZE)))
+    if s.rtsp_out is not None:  # RTSP out: a server that is down is retried, never fatal
+        from stream.outputs.rtsp_out import RtspOutput
+        from stream.outputs.runner import OutputRunner
+
+        rtsp = RtspOutput(s.rtsp_out, draw=s.draw)
+        outputs.append((rtsp.name, OutputRunner(rtsp, queue_size=QUEUE_SIZE)))
     with Sockets() as sockets:
         inbox = sockets.socket(zmq.PULL, rcvhwm=RCVHWM, linger_ms=0,
                                max_msg=MAX_MESSAGE_BYTES)
