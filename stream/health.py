@@ -17,7 +17,7 @@ ignored, so a role killed with ``-9`` shows as "no ROLE running" at once, not af
 age limit. Exit 1 for every failure because Docker reserves exit 2 for HEALTHCHECK.
 
 The run directory is ``$STREAM_RUN_DIR``, else ``$XDG_RUNTIME_DIR/stream``, else
-``/tmp/stream-<uid>`` (made 0700 and refused if another user owns it). A role that cannot
+``/tmp/stream-<uid>`` (made 0700, and refused if another user owns it). A role that cannot
 write there logs one warning and runs on without a heartbeat: health is never a reason
 to stop working.
 
@@ -63,6 +63,10 @@ def run_dir(env: Mapping[str, str] | None = None) -> Path:
         return Path(env[RUN_DIR_ENV])
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "stream"
+    return _tmp_default()
+
+
+def _tmp_default() -> Path:
     return Path("/tmp") / f"stream-{os.getuid()}"
 
 
@@ -123,7 +127,10 @@ class Heartbeat:
         """
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner = self.directory.stat().st_uid
-        if owner != os.getuid():
+        # Only the shared /tmp default could have been made by someone else to catch our
+        # files; a directory named by STREAM_RUN_DIR (an emptyDir, a tmpfs owned by root)
+        # is trusted as given.
+        if self.directory == _tmp_default() and owner != os.getuid():
             raise PermissionError(f"{self.directory} belongs to uid {owner}, not to us")
         self.write()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)

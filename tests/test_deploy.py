@@ -6,6 +6,7 @@ import configparser
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,121 @@ def test_unit_restarts_on_failure_but_not_on_a_config_error(unit: Path) -> None:
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"].split() == ["2"]
     assert int(service["TimeoutStopSec"]) > 5
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+DEPLOY = UNITS.parent
+CONFIG = DEPLOY / "k8s" / "stream.yaml"
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, rest) of deploy/Dockerfile, continuation lines joined."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_the_image_runs_the_stream_cli_as_a_user() -> None:
+    """ENTRYPOINT is the `stream` command the tests run; CMD and every `stream ...` the
+    build runs parse with the real parser; the user is not root; the IR the build makes is
+    the one the container config names."""
+    import json
+
+    steps = dockerfile_instructions()
+    values = {k: v for k, v in steps}
+    assert values["FROM"].startswith("python:3.11-slim")
+    assert json.loads(values["ENTRYPOINT"]) == ["stream"]
+    with pytest.raises(SystemExit) as exc:  # CMD ["--help"]: prints the help, exit 0
+        build_parser().parse_args(json.loads(values["CMD"]))
+    assert exc.value.code == 0
+    assert values["USER"].split(":")[0] == "10001"
+    runs = [v for k, v in steps if k == "RUN" and "stream model build" in v]
+    assert len(runs) == 1
+    for weights in ("", "convnext_tiny_1k_224_ema.pth"):
+        # The shell line as the build runs it, with `stream` replaced by an argv printer.
+        line = runs[0].split(" stream ", 1)[1]
+        script = f"WEIGHTS='{weights}'; printf '%s\\n' {line}"
+        argv = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True,
+                              check=True).stdout.splitlines()
+        args = build_parser().parse_args(argv)
+        assert (args.command, args.func.__name__) == ("model", "_build")
+        import yaml
+
+        assert args.output == yaml.safe_load(CONFIG.read_text())["model"]["path"]
+        assert args.weights == (f"/context/{weights}" if weights else None)
+    env = values["ENV"]
+    assert "STREAM_RUN_DIR=/run/stream" in env  # where the heartbeats go (stream/health.py)
+
+
+def test_the_image_build_context_holds_the_package() -> None:
+    """deploy/Dockerfile.dockerignore lets in what the COPY lines need, not .venv or .git."""
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore
+    for needed in ("!pyproject.toml", "!README.md", "!stream/"):
+        assert needed in ignore
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def compose() -> dict[str, Any]:
+    import yaml
+
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return data
+
+
+def test_compose_services_run_commands_the_cli_accepts() -> None:
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    ids = {s["id"] for s in cfg["sources"]}
+    services = compose()["services"]
+    roles: dict[str, list[str]] = {}
+    for name, svc in services.items():
+        args = build_parser().parse_args(svc["command"])
+        assert args.config == "/etc/stream/stream.yaml", name
+        roles.setdefault(args.command, []).append(name)
+        mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"] if ":" in m}
+        assert (DEPLOY / mounts["/etc/stream/stream.yaml"]).resolve() == CONFIG.resolve()
+        # Its own CURVE key, nobody else's.
+        assert mounts["/etc/stream/secret/self.key_secret"] == f"./keys/{args.command}.key_secret"
+        test = svc["healthcheck"]["test"]
+        assert test[:2] == ["CMD", "stream"], name
+        health = build_parser().parse_args(test[2:])
+        assert (health.command, health.role) == ("health", args.command), name
+        if args.command == "capture":
+            assert args.source in ids and health.name == args.source, name
+            assert args.connect == "stream-sink"
+            # Its camera's secret file only: the variable its url uses.
+            assert svc["env_file"] == [f"./secrets/{args.source}.env"], name
+            assert name == f"stream-capture-{args.source}"  # the host the config names
+        else:
+            assert "env_file" not in svc and "environment" not in svc, f"{name}: no secrets"
+    assert sorted(roles) == ["capture", "sink", "worker"]
+    assert sorted(roles["capture"]) == sorted(f"stream-capture-{i}" for i in ids)
+    worker = services[roles["worker"][0]]
+    assert worker["deploy"]["replicas"] >= 1
+    assert build_parser().parse_args(worker["command"]).connect == "stream-sink"
+
+
+def test_compose_publishes_events_and_keeps_the_web_view_local() -> None:
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    sink = compose()["services"]["stream-sink"]
+    events_port = cfg["sink"]["events"].rpartition(":")[2]
+    assert f"{events_port}:{events_port}" in sink["ports"]
+    http_port = cfg["sink"]["http"].rpartition(":")[2]
+    assert f"127.0.0.1:{http_port}:{http_port}" in sink["ports"]  # no auth: this host only
+    assert any(v.endswith(":/var/lib/stream/out") for v in sink["volumes"])
+    assert cfg["sink"]["output_dir"] == "/var/lib/stream/out"
+    # Read-only root: the heartbeats of `stream health` need a writable /run/stream.
+    for name, svc in compose()["services"].items():
+        assert svc["read_only"] is True and "/run/stream" in svc["tmpfs"], name
