@@ -261,7 +261,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from stream.events import add_subscribe_parser
+    from stream.events.proxy import add_proxy_parser
     from stream.health import add_health_parser
+    from stream.keys import add_keys_parser
     from stream.model.cli import add_model_parser
 
     parser = argparse.ArgumentParser(
@@ -339,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.set_defaults(func=cmd_validate)
 
     add_subscribe_parser(sub)
+    add_proxy_parser(sub)
+    add_keys_parser(sub)
     add_model_parser(sub)
     add_health_parser(sub)
     return parser

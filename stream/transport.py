@@ -13,6 +13,10 @@ dead peer never keeps a process from exiting: invariant 5) and TCP keepalive (a 
 vanished is noticed). :class:`Sockets` owns a context and every socket made from it, and
 closes them all before terminating the context, so no error path can leave ``term()``
 waiting on a forgotten socket (a bad ``--connect`` address used to hang the capture).
+
+With a :class:`~stream.security.Curve` every tcp link is CurveZMQ: :meth:`Sockets.bind`
+makes the socket a CURVE server behind the allow-list, :meth:`Sockets.connect` a client
+that checks the server's public key (``server_key``). ipc:// and inproc:// stay plain.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import zmq
 
 from stream.errors import ConfigError
 from stream.protocol import Message, encode
+from stream.security import Curve, uses_curve
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +51,29 @@ class Sockets:
     Args:
         ctx: an existing context to share (tests, inproc links); ``None`` makes a new one,
             which :meth:`close` then terminates.
+        curve: this process's CURVE keys; ``None`` = plain links (loopback, closed networks).
     """
 
-    def __init__(self, ctx: zmq.Context[Any] | None = None) -> None:
+    def __init__(self, ctx: zmq.Context[Any] | None = None, curve: Curve | None = None) -> None:
         self._own = ctx is None
         self.ctx: zmq.Context[Any] = zmq.Context() if ctx is None else ctx
+        self.curve = curve
         self._socks: list[Socket] = []
+
+    def server_key(self, role: str, override: str | None = None) -> bytes | None:
+        """The public key of the ``role`` server (``sink``, ``capture``) to pass to
+        :meth:`connect`; None without CURVE.
+
+        Raises:
+            ConfigError: CURVE is on and the key file is not configured or unreadable.
+        """
+        return None if self.curve is None else self.curve.server_key(role, override)
+
+    def serve(self, sock: Socket, endpoint: str) -> None:
+        """Apply the server side of CURVE to ``sock`` before it binds ``endpoint`` (for
+        sockets bound elsewhere than :meth:`bind`, like the events publisher)."""
+        if self.curve is not None and uses_curve(endpoint):
+            self.curve.serve(sock, self.ctx)
 
     def __enter__(self) -> Sockets:
         return self
@@ -106,6 +128,7 @@ class Sockets:
         Raises:
             ConfigError: the address is malformed or in use.
         """
+        self.serve(sock, endpoint)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -118,13 +141,24 @@ class Sockets:
         last = sock.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) else str(last)
 
-    def connect(self, sock: Socket, endpoint: str, what: str) -> None:
+    def connect(self, sock: Socket, endpoint: str, what: str,
+                server_key: bytes | None = None) -> None:
         """Connect with an error that names the endpoint (a malformed address fails here).
+
+        Args:
+            server_key: the server's CURVE public key (:meth:`server_key`); needed for a
+                tcp endpoint when this object has CURVE keys.
 
         Raises:
             ConfigError: the address is malformed (ZMQ connects lazily: an unreachable
-                host is not an error, the peer may come later).
+                host is not an error, the peer may come later), or CURVE is on and no
+                server key was given.
         """
+        if self.curve is not None and uses_curve(endpoint):
+            if server_key is None:
+                raise ConfigError(f"the {what} endpoint {endpoint} needs the server's public "
+                                  "key for CURVE (security.sink_key / capture_key)")
+            self.curve.connect_as_client(sock, server_key)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as exc:
@@ -133,12 +167,19 @@ class Sockets:
                 "like tcp://HOST:PORT (--connect takes a bare host name or address)"
             ) from None
 
+    @property
+    def refused(self) -> int:
+        """Connections refused by the CURVE allow-list so far (0 without CURVE)."""
+        return 0 if self.curve is None else self.curve.refused
+
     def close(self, linger_ms: int | None = None) -> None:
         """Close every socket (with its own linger, or ``linger_ms``), then the context."""
         for sock in self._socks:
             if not sock.closed:
                 sock.close(linger=linger_ms)
         self._socks.clear()
+        if self.curve is not None:
+            self.curve.stop()
         if self._own and not self.ctx.closed:
             self.ctx.term()
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -267,6 +268,26 @@ class Worker:
         self._rejections(why)
 
 
+def worker_model(path: str) -> Path:
+    """The IR a worker runs: ``path``, first built there when it is the default model
+    (as `stream run` does), so a fresh inference machine needs nothing copied.
+
+    Raises:
+        ModelError: another path that does not exist on this machine.
+    """
+    from stream.errors import ModelError
+    from stream.model.builder import DEFAULT_OUTPUT, ensure_default_model
+
+    xml = Path(path)
+    if xml.is_file():
+        return xml
+    if xml.resolve() == DEFAULT_OUTPUT.resolve():
+        log.info("no model at %s: building the default IR (first start on this machine)", xml)
+        return ensure_default_model(xml)
+    raise ModelError(f"no model at {xml} on this machine: copy the .xml and .bin there, or "
+                     f"run `stream model build --output {xml}`")
+
+
 def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None,
                name: str | None = None) -> int:
     """Wire and run one worker (``stream worker``): connect to every capture and the sink.
@@ -275,22 +296,29 @@ def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None
         host: the machine the captures and sink run on (None: the configured addresses).
         name: worker name in results and logs (default ``host:pid``).
     """
+    from stream.model.identity import ir_digest, model_identity
     from stream.model.runtime import compile_classifier
+    from stream.security import Curve
 
     m = cfg.model
-    compiled, info = compile_classifier(m.path, m.device, m.hint, m.precision, m.streams,
+    path = worker_model(m.path)
+    compiled, info = compile_classifier(str(path), m.device, m.hint, m.precision, m.streams,
                                         m.requests)
-    log.info("compiled %s on %s: inference precision %s", info.path, m.device,
+    identity = model_identity(info.width, info.height, info.num_classes, ir_digest(path))
+    log.info("compiled %s (%s) on %s: inference precision %s", info.path, identity, m.device,
              compiled.get_property("INFERENCE_PRECISION_HINT"))
-    with Sockets() as sockets:
+    # CURVE (security.key): every capture's and the sink's public key is checked.
+    with Sockets(curve=Curve.from_config(cfg.security)) as sockets:
         captures: list[Socket] = []
-        for ep in cfg.transport.frames_endpoints(len(cfg.sources)):
+        for i, src in enumerate(cfg.sources):
             sock = worker_socket(sockets)
-            sockets.connect(sock, connect_endpoint(ep, host), "frames")
+            sockets.connect(sock, cfg.frames_connect(i, host), "frames",
+                            sockets.server_key("capture", src.capture_key))
             captures.append(sock)
         # Results are small (top-k + probabilities); linger lets the last ones leave.
         results = sockets.socket(zmq.PUSH, sndhwm=1000, linger_ms=2000)
-        sockets.connect(results, connect_endpoint(cfg.transport.sink, host), "sink")
+        sockets.connect(results, connect_endpoint(cfg.transport.sink, host), "sink",
+                        sockets.server_key("sink"))
         worker = Worker(WorkerSettings(name or default_worker_name(), m.top_k), compiled,
                         (info.height, info.width), captures, results, sockets, stop,
                         m.requests)

@@ -21,14 +21,18 @@ from collections.abc import Callable
 from stream.capture.links import CaptureLinks, Link, sink_links
 from stream.capture.router import Router
 from stream.capture.session import STALL_TIMEOUT_S, CaptureSettings, SourceSession
-from stream.config import StreamConfig, connect_endpoint
+from stream.config import ModelConfig, StreamConfig, connect_endpoint
 from stream.dispatch import Dispatcher, task_socket
 from stream.errors import ConfigError, SourceError
 from stream.runtime import cpu_seconds
+from stream.security import Curve
 from stream.sources import FrameSource, ImageFolderSource, OpenCVSource, set_exit_status
 from stream.transport import Sockets
 
 log = logging.getLogger(__name__)
+
+DEFAULT_INPUT_SIZE = (224, 224)
+"""(width, height) of the default model (convnext-tiny), for a capture without the IR."""
 
 
 def make_source(settings: CaptureSettings, rtsp_transport: str = "tcp",
@@ -116,6 +120,28 @@ def model_input_size(model_path: str) -> tuple[int, int]:
     return info.width, info.height
 
 
+def capture_input_size(model: ModelConfig) -> tuple[int, int]:
+    """What this capture crops to: ``model.input_size``, else the IR's input when the IR
+    is on this machine, else the default model's 224x224 (a camera machine needs no IR).
+
+    Raises:
+        ConfigError: a non-default model that is not here and no ``model.input_size``.
+    """
+    from pathlib import Path
+
+    from stream.model.builder import DEFAULT_OUTPUT
+
+    if model.input_size is not None:
+        return model.input_size
+    path = Path(model.path)
+    if path.is_file():
+        return model_input_size(model.path)
+    if path.resolve() == DEFAULT_OUTPUT.resolve():
+        return DEFAULT_INPUT_SIZE
+    raise ConfigError(f"no model at {path} on this machine: set model.input_size: [W, H] "
+                      "(what the workers' model takes) or copy the IR here")
+
+
 def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
                 sink_host: str | None = None) -> int:
     """Wire and run the capture of one configured source (``stream capture``).
@@ -139,14 +165,16 @@ def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
         loop=src.loop, realtime=src.realtime,
         fps_cap=src.fps if kind in ("rtsp", "camera") else None,
         send_images=cfg.sink.wants_images,
-        input_size=model_input_size(cfg.model.path),
+        input_size=capture_input_size(cfg.model),
     )
     source = make_source(settings, src.rtsp_transport, src.fps)
-    with Sockets() as sockets:
+    # CURVE (security.key): workers must be trusted; the sink's public key is checked.
+    with Sockets(curve=Curve.from_config(cfg.security)) as sockets:
         tasks = task_socket(sockets)
-        sockets.bind(tasks, cfg.transport.frames_endpoint(index), "frames")
+        sockets.bind(tasks, cfg.frames_bind(index), "frames")
         control, video = sink_links(sockets, cfg.transport.hwm)
         sink = connect_endpoint(cfg.transport.sink, sink_host)
-        sockets.connect(control, sink, "sink")
-        sockets.connect(video, sink, "sink")
+        sink_key = sockets.server_key("sink")
+        sockets.connect(control, sink, "sink", sink_key)
+        sockets.connect(video, sink, "sink", sink_key)
         return Capture(settings, source, CaptureLinks(tasks, control, video), stop).run()

@@ -11,7 +11,9 @@ from stream.errors import ConfigError
 # --------------------------------------------------------------------------- endpoints
 
 _ENDPOINT_SCHEMES = ("tcp://", "ipc://", "inproc://")
-_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
+WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", "[::]"})
+"""Hosts that bind every interface; a peer connects to them by another name."""
+_WILDCARD_HOSTS = WILDCARD_HOSTS
 _PORT = re.compile(r"[0-9]{1,5}")
 
 

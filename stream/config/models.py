@@ -13,7 +13,14 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from stream.config.base import Loc, Problem, Problems, Strict
-from stream.config.endpoints import check_endpoint, is_exposed, same_address, split_tcp
+from stream.config.endpoints import (
+    WILDCARD_HOSTS,
+    check_endpoint,
+    connect_endpoint,
+    is_exposed,
+    same_address,
+    split_tcp,
+)
 from stream.config.redact import redact_url
 from stream.config.security import SecurityConfig
 from stream.config.sources import Policy, SourceConfig, SourceKind
@@ -369,6 +376,17 @@ class StreamConfig(Strict):
     def frames_endpoints(self) -> list[str]:
         """Where workers connect to every capture, in source order."""
         return [self.frames_endpoint(i) for i in range(len(self.sources))]
+
+    def frames_connect(self, i: int, host: str | None = None) -> str:
+        """Where a worker connects to capture ``i``, given ``stream worker --connect HOST``:
+        ``transport.frames`` (port + i) on HOST; an explicit ``sources[i].frames`` as
+        written (its own host), a wildcard host there taken as HOST (or 127.0.0.1)."""
+        src = self.sources[i]
+        if src.frames is None:
+            return connect_endpoint(self.transport.frames_endpoint(i), host)
+        if src.frames.startswith("tcp://") and split_tcp(src.frames)[0] in WILDCARD_HOSTS:
+            return connect_endpoint(src.frames, host)
+        return src.frames
 
     def frames_bind(self, i: int) -> str:
         """What capture ``i`` binds: ``sources[i].frames_bind``, else its frames endpoint."""

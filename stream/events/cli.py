@@ -13,9 +13,10 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stream.errors import StreamError
+from stream.errors import ConfigError, StreamError
 from stream.events.client import subscribe
 from stream.events.schema import DEFAULT_ENDPOINT, EVENT_TYPES
+from stream.security import Curve
 
 # --------------------------------------------------------------------------- formatting
 
@@ -94,6 +95,8 @@ examples:
   stream subscribe --json | jq -c 'select(.type=="label") | .labels[0]'
   stream subscribe --endpoint tcp://10.0.0.5:5560 --json --count 100 > events.jsonl
   stream subscribe --type summary --timeout 30      exit after 30 s of silence
+  stream subscribe --endpoint tcp://hub:5560 --key keys/me.key_secret --server-key keys/hub.key
+                                                    a sink (or events proxy) with CURVE
 
 from Python:
   import stream.events
@@ -142,6 +145,11 @@ def add_subscribe_parser(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="exit after N events")
     p.add_argument("--timeout", type=_non_negative_float, metavar="SECONDS",
                    help="exit after SECONDS without an event (default: wait forever)")
+    p.add_argument("--key", metavar="FILE.key_secret",
+                   help="this subscriber's CURVE key pair (`stream keys generate`); with "
+                        "--server-key, for a sink or events proxy that requires keys")
+    p.add_argument("--server-key", metavar="FILE.key",
+                   help="the publisher's public key (the sink's or the events proxy's)")
     p.set_defaults(func=run_subscribe)
 
 
@@ -160,7 +168,11 @@ def run_subscribe(args: argparse.Namespace) -> int:
     """
     seen = 0
     try:
-        for event in subscribe(args.endpoint, args.stream, args.type, timeout=args.timeout):
+        if (args.key is None) != (args.server_key is None):
+            raise ConfigError("--key and --server-key go together (CURVE needs both)")
+        curve = None if args.key is None else Curve.client(args.key, args.server_key)
+        for event in subscribe(args.endpoint, args.stream, args.type, timeout=args.timeout,
+                               curve=curve):
             if args.json:
                 line = json.dumps(event, ensure_ascii=False, default=_json_default)
             else:

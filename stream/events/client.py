@@ -25,6 +25,7 @@ from stream.events.schema import (
     decode_event,
     encode_event,
 )
+from stream.security import Curve, uses_curve
 from stream.transport import Sockets
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class EventPublisher(_Closing):
         sockets = ctx if isinstance(ctx, Sockets) else Sockets(ctx)
         sock = sockets.socket(zmq.PUB, sndhwm=hwm, linger_ms=0, max_msg=MAX_EVENT_BYTES)
         try:
+            sockets.serve(sock, endpoint)  # CURVE server when the Sockets has keys
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
             sock.close(linger=0)
@@ -163,6 +165,7 @@ class Subscriber(_Closing):
         *,
         ctx: zmq.Context[Any] | None = None,
         hwm: int = 1000,
+        curve: Curve | None = None,
     ) -> None:
         """Connect to ``endpoint`` and subscribe.
 
@@ -172,6 +175,9 @@ class Subscriber(_Closing):
             types: event types to receive (see :data:`EVENT_TYPES`); ``None`` for all.
             ctx: ZMQ context to use; by default a private one, terminated by :meth:`close`.
             hwm: events queued locally before ZMQ drops (bounds memory if you read slowly).
+            curve: this subscriber's key pair and the publisher's public key
+                (``Curve.client(key, server_key)``), for a sink or events proxy that
+                requires CURVE; None = plain.
 
         Raises:
             ConfigError: an unknown event type, an empty stream list, ``hwm`` < 1, or an
@@ -185,12 +191,14 @@ class Subscriber(_Closing):
         self.filtered = 0
         # The one socket factory: owns a private context when none is given, and
         # terminates it on close.
-        self._sockets = Sockets(ctx)
+        self._sockets = Sockets(ctx, curve)
         self._socket = self._sockets.socket(zmq.SUB, rcvhwm=hwm, linger_ms=0,
                                             max_msg=MAX_EVENT_BYTES)
         try:
             for topic in _topics(self.streams, self.types):
                 self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode("utf-8"))
+            if curve is not None and uses_curve(endpoint):
+                curve.connect_as_client(self._socket, curve.server_key("server"))
             self._socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self.close()
@@ -276,6 +284,7 @@ def subscribe(
     types: Iterable[str] | None = None,
     timeout: float | None = None,
     ctx: zmq.Context[Any] | None = None,
+    curve: Curve | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield events from a sink, for example::
 
@@ -289,6 +298,8 @@ def subscribe(
         types: event types to receive; ``None`` for all of :data:`EVENT_TYPES`.
         timeout: stop after this many seconds without an event; ``None`` waits forever.
         ctx: ZMQ context; by default a private one.
+        curve: keys for a publisher that requires CURVE:
+            ``stream.security.Curve.client("me.key_secret", "hub.key")``.
 
     Returns:
         A generator of decoded event dicts. The socket opens on the first ``next()`` and is
@@ -305,7 +316,7 @@ def subscribe(
     # Materialise iterables now so a one-shot iterator is not consumed twice.
     s = None if streams is None else list(streams)
     t = None if types is None else list(types)
-    return _iterate(endpoint, s, t, timeout, ctx)
+    return _iterate(endpoint, s, t, timeout, ctx, curve)
 
 
 def _iterate(
@@ -314,10 +325,11 @@ def _iterate(
     types: list[str] | None,
     timeout: float | None,
     ctx: zmq.Context[Any] | None,
+    curve: Curve | None = None,
 ) -> Iterator[dict[str, Any]]:
     # The socket is created inside the generator so that a generator which is never
     # started holds no socket; the with-block closes it on exhaustion, close() and GC.
-    with Subscriber(endpoint, streams, types, ctx=ctx) as sub:
+    with Subscriber(endpoint, streams, types, ctx=ctx, curve=curve) as sub:
         while True:
             event = sub.recv(timeout)
             if event is None:

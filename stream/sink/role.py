@@ -264,6 +264,7 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
     """
     from stream.events import EventPublisher
     from stream.model.labels import load_labels
+    from stream.security import Curve
     from stream.transport import MAX_MESSAGE_BYTES, Sockets
 
     s = cfg.sink
@@ -286,7 +287,8 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
 
         rtsp = RtspOutput(s.rtsp_out, draw=s.draw)
         outputs.append((rtsp.name, OutputRunner(rtsp, queue_size=QUEUE_SIZE)))
-    with Sockets() as sockets:
+    # CURVE (security.key): the inbox and the events socket let in only trusted keys.
+    with Sockets(curve=Curve.from_config(cfg.security)) as sockets:
         inbox = sockets.socket(zmq.PULL, rcvhwm=RCVHWM, linger_ms=0,
                                max_msg=MAX_MESSAGE_BYTES)
         sockets.bind(inbox, cfg.transport.sink, "sink")
