@@ -116,11 +116,26 @@ def _config_for_run(args: argparse.Namespace) -> Any:
     if args.events is not None:
         events = _free_events_endpoint() if args.events == "auto" else args.events
         data.setdefault("sink", {})["events"] = events
+    _http_for_run(data.setdefault("sink", {}), getattr(args, "http", None))
     if args.model is not None:
         data.setdefault("model", {})["path"] = args.model
     if args.device is not None:
         data.setdefault("model", {})["device"] = args.device
     return config_from_dict(data, args.config or "command line")
+
+
+def _http_for_run(sink: dict[str, Any], flag: str | None) -> None:
+    """``stream run``'s web view: ``--http HOST:PORT`` or ``off``; else the config's
+    ``sink.http`` when it names one (null: off); else on, at 127.0.0.1:8080, or at a free
+    loopback port when 8080 is taken (printed at start)."""
+    if flag == "off":
+        sink["http"] = None
+    elif flag is not None:
+        sink["http"] = flag
+    elif "http" not in sink:
+        from stream.sink.http import default_http_address
+
+        sink["http"] = default_http_address()
 
 
 def _prepare_model(cfg: Any) -> None:
@@ -186,6 +201,12 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"--endpoint {cfg.sink.events})", file=sys.stderr)
     if cfg.sink.output_dir:
         print(f"videos go to {cfg.sink.output_dir}/", file=sys.stderr)
+    if cfg.sink.http:
+        from stream.sink.http import check_http_free, url_of
+
+        check_http_free(cfg.sink.http)
+        print(f"web view on {url_of(cfg.sink.http)} (metrics: {url_of(cfg.sink.http)}metrics;"
+              " --http off to turn it off)", file=sys.stderr)
     return run_all(cfg, stop, args.log_level)
 
 
@@ -246,6 +267,12 @@ def cmd_sink(args: argparse.Namespace) -> int:
     from stream.sink import run_sink
 
     cfg = _load(args.config, urls=())
+    if args.http is not None:  # validated like the config's (loopback unless insecure)
+        from stream.config import config_from_dict
+
+        data = cfg.model_dump()
+        data["sink"]["http"] = None if args.http == "off" else args.http
+        cfg = config_from_dict(data, "--http")
     stop = _role_stop(args)
     with heartbeat("sink", "sink"):
         return run_sink(cfg, stop, run_forever=args.forever)
@@ -296,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="classification IR (default models/convnext-tiny.xml, built on "
                           "first use)")
     run.add_argument("--device", help="OpenVINO device: CPU (default), GPU, NPU, AUTO, ...")
+    run.add_argument("--http", metavar="HOST:PORT",
+                     help="web view (live overlaid video, labels, drops) and /metrics here; "
+                          "default: the config's sink.http, else 127.0.0.1:8080 (a free port "
+                          "if taken, printed at start); off = no web view")
     run.set_defaults(func=cmd_run)
     run.epilog = ("examples:\n  stream run --source clip.mp4 --output out/\n"
                   "  stream run --source 'rtsp://${CAM_USER}:${CAM_PASS}@cam/1' --source 0 "
@@ -332,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("config", help="deployment YAML, or - to read it from stdin")
     sk.add_argument("--forever", action="store_true",
                     help="keep running when the configured streams end")
+    sk.add_argument("--http", metavar="HOST:PORT",
+                    help="serve the web view, MJPEG, /api/streams, /healthz and /metrics "
+                         "here (default: the config's sink.http, else off); off = none. "
+                         "Captures send full frames only when THEIR config sets sink.http or "
+                         "sink.output_dir: set sink.http in the shared config instead")
     sk.set_defaults(func=cmd_sink)
 
     val = sub.add_parser("validate", help="check a deployment YAML and summarise it")

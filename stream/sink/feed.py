@@ -23,6 +23,10 @@ from stream.protocol import Frame
 
 log = logging.getLogger(__name__)
 
+LIVE_OUTPUTS = frozenset({"web"})
+"""Outputs that show the newest frame to people watching now: never waited for, even on a
+lossless stream (a browser's pace must not slow a file's run; the view skips frames)."""
+
 
 class Runner(Protocol):
     """What the sink needs of an output runner (:class:`stream.outputs.runner.OutputRunner`)."""
@@ -66,8 +70,8 @@ class OutputFeed:
         item = OutputFrame(stream=frame.stream, session=session, seq=frame.seq, pts=frame.pts,
                            ts=frame.ts, image=image, labels=tuple(labels), note=note,
                            fps=self._rate(frame.stream), source_fps=source_fps)
-        for _, runner in self.outputs:
-            runner.offer(item, wait=lossless)
+        for name, runner in self.outputs:
+            runner.offer(item, wait=lossless and name not in LIVE_OUTPUTS)
 
     def end_stream(self, stream: str) -> None:
         """A session of ``stream`` ended: each output finishes it after its queued frames."""

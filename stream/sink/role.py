@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import zmq
 
@@ -39,6 +39,9 @@ from stream.sink.intake import Intake, Refusals
 from stream.sink.ordering import Ordering, Outcome, Refused, Released, StreamOrder
 from stream.sink.publisher import Publisher
 from stream.sink.report import Progress, ProgressRow, StreamReport, summary_lines
+
+if TYPE_CHECKING:
+    from stream.metrics import SinkMetrics
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,10 @@ class Sink:
     def __init__(self, settings: SinkSettings, publisher: Publisher, stop: threading.Event,
                  intake: Intake | None = None, outputs: Sequence[tuple[str, Runner]] = (),
                  out: TextIO | None = None, err: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 metrics: SinkMetrics | None = None) -> None:
         self.s = settings
+        self.metrics = metrics  # fed the same outcomes as the summary (stream/metrics.py)
         self.publisher = publisher
         self.stop = stop
         self.intake = intake
@@ -162,6 +167,10 @@ class Sink:
             note = None
         else:
             labels, note = [], f"no label ({o.reason})"
+        if self.metrics is not None:
+            self.metrics.outcome(o.stream, o.reason, o.count,
+                                 latency if o.result is not None else None,
+                                 o.result.infer_ms if o.result is not None else None)
         self.feed.offer(o.frame, o.session, labels, note, st.lossless,
                         st.hello.fps if st.hello is not None else 25.0)
 
@@ -195,6 +204,8 @@ class Sink:
                 self.check_outputs()
                 self.progress.update(now, self._progress_rows())
                 self.periodic_summaries(now)
+                if self.metrics is not None:
+                    self.metrics.refresh(self)
             if self.stop.is_set():
                 deadline = self.clock() + drain_s
                 while self.clock() < deadline and not self.ordering.all_drained():
@@ -206,6 +217,8 @@ class Sink:
             self.check_outputs()
             self.progress.update(self.clock(), self._progress_rows(), final=True)
             self.summary()
+            if self.metrics is not None:
+                self.metrics.refresh(self, force=True)
         return self.exit_code
 
     def _progress_rows(self) -> list[ProgressRow]:
@@ -287,6 +300,12 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
 
         rtsp = RtspOutput(s.rtsp_out, draw=s.draw)
         outputs.append((rtsp.name, OutputRunner(rtsp, queue_size=QUEUE_SIZE)))
+    web = None
+    if s.http is not None:  # the web view, /metrics: binds now, so a clash fails first
+        from stream.sink.http import start_web
+
+        web = start_web(s.http, QUEUE_SIZE)
+        outputs.append(web.output)
     # CURVE (security.key): the inbox and the events socket let in only trusted keys.
     with Sockets(curve=Curve.from_config(cfg.security)) as sockets:
         inbox = sockets.socket(zmq.PULL, rcvhwm=RCVHWM, linger_ms=0,
@@ -297,7 +316,12 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
         publisher = Publisher(pub.publish, labels, s.smoothing, cfg.model.top_k)
         for _, runner in outputs:
             runner.start()
-        sink = Sink(settings, publisher, stop, Intake(inbox), outputs)
-        code = sink.run()
+        sink = Sink(settings, publisher, stop, Intake(inbox), outputs,
+                    metrics=web.metrics if web is not None else None)
+        try:
+            code = sink.run()
+        finally:
+            if web is not None:
+                web.http.close()
         pub.close(linger_ms=1000)  # the final summaries reach subscribers that keep up
         return code
