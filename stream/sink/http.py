@@ -257,13 +257,25 @@ class WebServing:
 def start_web(address: str, queue_size: int) -> WebServing:
     """Make the web output, the metrics and the server, and start serving on ``address``.
 
+    The default address (:data:`DEFAULT_ADDRESS`, what ``stream run`` picks when nothing is
+    said) falls back to a free loopback port, logged, when another process took it between
+    ``stream run``'s check and this bind (two runs started at once); any other address in
+    use is an error.
+
     Raises:
         ConfigError: the address cannot be bound.
     """
     web = WebOutput()
     metrics = SinkMetrics()
     metrics.watch_viewers(web.viewers)
-    http = SinkHttp(address, web, metrics)
+    try:
+        http = SinkHttp(address, web, metrics)
+    except ConfigError:
+        if address != DEFAULT_ADDRESS:
+            raise
+        http = SinkHttp(default_http_address(), web, metrics)
+        log.warning("web view: %s was taken meanwhile; serving on %s instead", address,
+                    http.url)
     http.start()
     return WebServing((web.name, OutputRunner(web, queue_size=queue_size)), metrics, http)
 
