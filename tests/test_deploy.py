@@ -182,3 +182,18 @@ def test_compose_publishes_events_and_keeps_the_web_view_local() -> None:
     # Read-only root: the heartbeats of `stream health` need a writable /run/stream.
     for name, svc in compose()["services"].items():
         assert svc["read_only"] is True and "/run/stream" in svc["tmpfs"], name
+
+
+@pytest.mark.parametrize("unit", sorted(UNITS.glob("*.service")), ids=lambda p: p.name)
+def test_unit_keeps_a_heartbeat_and_only_a_capture_reads_camera_secrets(unit: Path) -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(unit)
+    service = parser["Service"]
+    # configparser keeps the last of repeated keys: read every Environment= line.
+    lines = unit.read_text().splitlines()
+    assert "Environment=STREAM_RUN_DIR=/run/stream" in lines  # stream.health.RUN_DIR_ENV
+    assert service["RuntimeDirectory"] == "stream"
+    assert service["RuntimeDirectoryPreserve"] == "yes"  # shared by every role's unit
+    reads_secrets = "EnvironmentFile=-/etc/stream/secrets.env" in lines
+    assert reads_secrets == unit.name.startswith("stream-capture@")

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from stream.cli import build_parser
-from stream.config import load_config
+from stream.config import connect_endpoint, load_config
 from stream.config.endpoints import split_tcp
 from stream.errors import ConfigError
 
@@ -62,6 +62,10 @@ def config_text(docs: list[dict[str, Any]]) -> str:
     return text
 
 
+ROLES = ("sink", "capture", "worker")
+"""The commands that read the deployment config (and write a heartbeat)."""
+
+
 def role_args(container: dict[str, Any]) -> Any:
     """The container's command line, parsed by the real CLI (the image's ENTRYPOINT is
     `stream`: tests/test_deploy.py checks that)."""
@@ -71,11 +75,11 @@ def role_args(container: dict[str, Any]) -> Any:
 
 def test_kustomize_renders_every_role(rendered: list[dict[str, Any]]) -> None:
     assert set(by_kind(rendered, "Deployment")) == {
-        "stream-capture-gate", "stream-capture-yard", "stream-worker"}
+        "stream-capture-gate", "stream-capture-yard", "stream-worker", "stream-events-proxy"}
     assert set(by_kind(rendered, "StatefulSet")) == {"stream-sink"}
     assert set(by_kind(rendered, "Service")) == {
         "stream-sink", "stream-events", "stream-web", "stream-capture-gate",
-        "stream-capture-yard"}
+        "stream-capture-yard", "stream-events-proxy"}
     assert set(by_kind(rendered, "HorizontalPodAutoscaler")) == {"stream-worker"}
     namespaced = [d for d in rendered if d["kind"] != "Namespace"]
     assert {d["metadata"].get("namespace") for d in namespaced} == {"stream"}
@@ -115,7 +119,8 @@ def test_every_container_has_probes_resources_and_runs_unprivileged(
             assert c["securityContext"]["readOnlyRootFilesystem"] is True, where
             # A read-only root: the heartbeat directory must be a writable volume.
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
-            assert "/run/stream" in mounts, f"{where}: heartbeats need /run/stream"
+            if role_args(c).command in ROLES:
+                assert "/run/stream" in mounts, f"{where}: heartbeats need /run/stream"
 
 
 def test_probes_check_the_containers_own_role(rendered: list[dict[str, Any]]) -> None:
@@ -132,6 +137,10 @@ def test_probes_check_the_containers_own_role(rendered: list[dict[str, Any]]) ->
                 if probe is None:
                     continue
                 where = f"{name} {kind}"
+                if "tcpSocket" in probe:  # a listener without a heartbeat (events-proxy)
+                    assert role.command not in ROLES, f"{where}: use `stream health`"
+                    assert probe["tcpSocket"]["port"] in ports, where
+                    continue
                 if "httpGet" in probe:
                     port = probe["httpGet"]["port"]
                     assert ports.get(port, port) == http_port, where
@@ -176,7 +185,9 @@ def test_only_a_cameras_capture_holds_its_secret(rendered: list[dict[str, Any]])
         cameras = {s for s in secrets if s.startswith("stream-camera-")}
         keys = {s for s in secrets if s.startswith("stream-key-")}
         assert keys == {f"stream-key-{role.command}"}, f"{name}: its own CURVE key only"
-        assert secrets - cameras - keys == {"stream-trusted"}, name  # public keys
+        public = secrets - cameras - keys
+        assert public == ({"stream-trusted", "stream-subscribers"}
+                          if role.command == "events-proxy" else {"stream-trusted"}), name
         if role.command == "capture":
             assert cameras == {f"stream-camera-{role.source}"}, name
             seen_cameras |= cameras
@@ -204,6 +215,8 @@ def test_the_configmap_loads_in_every_pod_with_only_that_pods_env(
     for name, pod in workloads(rendered):
         (c,) = pod["containers"]
         role = role_args(c)
+        if role.command not in ROLES:
+            continue
         urls = (role.source,) if role.command == "capture" else ()
         cfg = load_config(path, env=pod_env(pod), urls=urls)
         assert cfg.security.enabled, f"{name}: CURVE must be on between pods"
@@ -220,42 +233,55 @@ def service_ports(svc: dict[str, Any]) -> dict[int, str]:
     return {p["port"]: p["targetPort"] for p in svc["spec"]["ports"]}
 
 
-def test_the_configs_addresses_are_the_services(rendered: list[dict[str, Any]]) -> None:
-    """Every host:port the config names is a Service that selects the right pod, on a port
-    that pod's container declares; the sink is what `--connect` names."""
-    cfg = yaml.safe_load(config_text(rendered))
+def test_the_configs_addresses_are_the_services(rendered: list[dict[str, Any]],
+                                               tmp_path: Path) -> None:
+    """Every address a role binds or connects to (as the real config code computes it from
+    the ConfigMap and the pod's command line) is a Service that selects the right pod, on a
+    port that pod's container declares."""
+    path = tmp_path / "stream.yaml"
+    path.write_text(config_text(rendered), encoding="utf-8")
+    cfg = load_config(path, urls=())
     services = by_kind(rendered, "Service")
-    pods = {name: d for name, d in [(n, d) for n, d in
-                                    {**by_kind(rendered, "Deployment"),
-                                     **by_kind(rendered, "StatefulSet")}.items()]}
+    pods = {**by_kind(rendered, "Deployment"), **by_kind(rendered, "StatefulSet")}
 
-    def container_port(svc_name: str, port: int) -> int:
-        svc = services[svc_name]
-        target = service_ports(svc)[port]
+    def reached(endpoint: str) -> tuple[dict[str, Any], int]:
+        """(the container a tcp://SERVICE:PORT reaches, its container port)."""
+        host, port = split_tcp(endpoint)
+        svc = services[host]
+        target = next(p["targetPort"] for p in svc["spec"]["ports"] if p["port"] == port)
         (pod,) = [d for d in pods.values()
                   if all(d["spec"]["template"]["metadata"]["labels"].get(k) == v
                          for k, v in svc["spec"]["selector"].items())]
         (c,) = pod["spec"]["template"]["spec"]["containers"]
         declared = {p["name"]: p["containerPort"] for p in c["ports"]}
-        return declared[target] if isinstance(target, str) else int(target)
+        return c, declared[target] if isinstance(target, str) else int(target)
 
-    for src in cfg["sources"]:
-        host, port = split_tcp(src["frames"])
-        _, bind_port = split_tcp(src["frames_bind"])
-        assert container_port(host, port) == bind_port, src["id"]
-        capture = pods[host]["spec"]["template"]["spec"]["containers"][0]
-        assert role_args(capture).source == src["id"], f"Service {host} selects another capture"
-    _, sink_port = split_tcp(cfg["transport"]["sink"])
-    assert container_port("stream-sink", sink_port) == sink_port
+    def bound_port(endpoint: str) -> int:
+        return split_tcp(endpoint)[1]
+
     assert services["stream-sink"]["spec"]["clusterIP"] == "None"  # straight to the pod
-    _, events_port = split_tcp(cfg["sink"]["events"])
-    assert container_port("stream-events", events_port) == events_port
-    http_port = int(cfg["sink"]["http"].rpartition(":")[2])
-    assert container_port("stream-web", http_port) == http_port
     for name, pod in workloads(rendered):
-        role = role_args(pod["containers"][0])
+        (c,) = pod["containers"]
+        role = role_args(c)
         if role.command in ("capture", "worker"):
-            assert role.connect == "stream-sink", name
+            sink, port = reached(connect_endpoint(cfg.transport.sink, role.connect))
+            assert role_args(sink).command == "sink", name
+            assert port == bound_port(cfg.transport.sink), name
+        if role.command == "worker":
+            for i, src in enumerate(cfg.sources):
+                capture, port = reached(cfg.frames_connect(i, role.connect))
+                assert role_args(capture).source == src.id, f"{name} -> {src.id}"
+                assert port == bound_port(cfg.frames_bind(i)), src.id
+        if role.command == "events-proxy":
+            sink, port = reached(role.upstream)
+            assert role_args(sink).command == "sink"
+            assert port == bound_port(cfg.sink.events)
+            assert role.upstream_key == f"{cfg.security.trusted}/sink.key"
+            proxy, port = reached("tcp://stream-events-proxy:5562")
+            assert role_args(proxy).command == "events-proxy"
+            assert port == bound_port(role.listen)
+    web, port = reached(f"tcp://stream-web:{cfg.sink.http.rpartition(':')[2]}")
+    assert role_args(web).command == "sink" and f":{port}" in cfg.sink.http
 
 
 def test_the_sink_keeps_its_video_on_a_volume_and_workers_scale(
@@ -277,4 +303,6 @@ def test_the_sink_keeps_its_video_on_a_volume_and_workers_scale(
     configmaps = set(by_kind(rendered, "ConfigMap"))
     for name, pod in workloads(rendered):
         used = {v["configMap"]["name"] for v in pod["volumes"] if "configMap" in v}
+        if role_args(pod["containers"][0]).command not in ROLES:
+            continue  # the events proxy takes its settings on the command line
         assert used and used <= configmaps, f"{name} mounts a ConfigMap that is not rendered"
