@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -197,3 +198,45 @@ def test_unit_keeps_a_heartbeat_and_only_a_capture_reads_camera_secrets(unit: Pa
     assert service["RuntimeDirectoryPreserve"] == "yes"  # shared by every role's unit
     reads_secrets = "EnvironmentFile=-/etc/stream/secrets.env" in lines
     assert reads_secrets == unit.name.startswith("stream-capture@")
+
+
+def doc_commands(path: Path) -> list[list[str]]:
+    """Every `stream ...` command in the ```sh blocks of a doc (prompts like `hub$` and
+    `$n` loop variables filled in), and the `stream` arguments of `docker run IMAGE ...`."""
+    commands = []
+    in_sh = False
+    text = path.read_text().replace("\\\n", " ")
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("```"):
+            in_sh = line == "```sh"
+            continue
+        if not in_sh:
+            continue
+        line = re.sub(r"^\w+\$\s+", "", line).split(" #", 1)[0]
+        for part in re.split(r"&&|;|\|", line):
+            argv = shlex.split(part.replace("$n", "worker").replace(" &", ""))
+            if argv[:1] == ["do"]:
+                argv = argv[1:]
+            if not argv or argv[0] == "export":
+                continue
+            if argv[0] == "stream" or (argv[:1] == ["STREAM_RUN_DIR=/run/stream"]
+                                       and argv[1:2] == ["stream"]):
+                commands.append(argv[argv.index("stream") + 1:])
+            elif argv[:2] == ["docker", "run"]:
+                image = next(i for i, a in enumerate(argv) if a.startswith("stream:"))
+                commands.append(argv[image + 1:])
+    return commands
+
+
+@pytest.mark.parametrize("doc", ["docs/deploy.md", "deploy/README.md"])
+def test_every_stream_command_in_the_docs_parses(doc: Path) -> None:
+    commands = doc_commands(DEPLOY.parent / doc)
+    assert commands
+    for argv in commands:
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # `--help` exits 0; a bad command line exits 2
+            assert exc.code == 0, f"{doc}: stream {' '.join(argv)}"
+            continue
+        assert args.command, argv
