@@ -110,7 +110,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory,
             procs[sid] = _start(sid, d, "capture", str(cfg), "--source", sid)
 
         def started() -> bool:
-            dead = [n for n, p in procs.items() if p.poll() is not None]
+            # The file's capture ends by itself (exit 0); nothing else may end.
+            dead = [n for n, p in procs.items() if p.poll() is not None
+                    and (n != "file" or p.returncode != 0)]
             assert not dead, f"{dead} exited: {dep.stderr(dead[0])[-3000:]}"
             return bool(log.of("label", "live"))
 
@@ -313,3 +315,17 @@ def test_an_ended_stream_shows_its_last_frame(deployment: Deployment) -> None:
     img = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     diff = np.abs(img.astype(int) - ORACLE_COLOURS[FILE_CLASSES[-1]]).max(axis=2)
     assert np.median(diff[120:, 160:]) <= 20
+
+
+def test_every_metric_is_documented(deployment: Deployment) -> None:
+    status, _, body = deployment.get("/metrics")
+    assert status == 200
+    docs = (Path(__file__).parent.parent / "docs" / "metrics.md").read_text(encoding="utf-8")
+    names = set()
+    for family in text_string_to_metric_families(body.decode()):
+        suffix = "_total" if family.type == "counter" else ""
+        names.add(family.name + suffix)
+    assert len(names) >= 12, names
+    # ``…_created`` series (one per counter/histogram) are documented as a group.
+    missing = sorted(n for n in names if f"`{n}`" not in docs and not n.endswith("_created"))
+    assert not missing, f"not in docs/metrics.md: {missing}"
