@@ -42,6 +42,7 @@ import numpy as np
 from stream.errors import ConfigError
 from stream.ids import path_inside
 from stream.outputs.base import OutputFrame
+from stream.outputs.mp4_duration import set_mp4_duration
 from stream.overlay import draw_overlay, letterbox
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class _AvWriter:
         self._nominal = round(TICKS_PER_SECOND / fps)
         self._submitted: collections.deque[int] = collections.deque()
         self._last_interval = self._nominal
+        self._path = path if container == "mp4" else None
+        self._end = 0  # ticks: where the last frame written ends
 
     def write(self, image: np.ndarray, ticks: int) -> None:
         frame = yuv420_frame(image, ticks, self._stream.time_base)
@@ -118,6 +121,7 @@ class _AvWriter:
                 self._submitted.popleft()
             packet.duration = (self._submitted[0] - packet.pts if self._submitted
                                else self._last_interval)
+            self._end = max(self._end, packet.pts + packet.duration)
             self._out.mux(packet)
 
     def finish(self) -> None:
@@ -128,6 +132,14 @@ class _AvWriter:
             self.abort()
             raise
         self._out.close()
+        if self._path is not None:
+            # The header says 0 s (written first, before the length was known): browsers
+            # would report a duration one frame short. Patched in place (mp4_duration.py).
+            try:
+                set_mp4_duration(self._path, self._end / TICKS_PER_SECOND)
+            except OSError as exc:  # the file is complete and plays; only the header lags
+                log.warning("%s: cannot write its duration into the header: %s",
+                            self._path, exc)
 
     def abort(self) -> None:
         """Close without flushing the encoder: the file keeps its complete fragments."""
