@@ -16,6 +16,7 @@ stream whose frames stopped (a file that ended) gets its last frame, encoded on 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -30,6 +31,9 @@ JPEG_QUALITY = 80
 RESEND_S = 2.0
 """A viewer of a stream with no new frame gets the last one again this often: it keeps the
 connection alive through proxies, and a closed browser tab is noticed (the write fails)."""
+
+STOP_POLL_S = 0.25
+"""How often an idle viewer checks its stop event (the server stopping)."""
 
 
 @dataclass(frozen=True)
@@ -152,19 +156,22 @@ class WebOutput:
             ch = self._channels.setdefault(stream, _Channel())
             ch.viewers += 1
         try:
-            sent = -1
+            sent, sent_at = -1, 0.0
             while True:
                 def ready(last: int = sent) -> bool:
                     return (self._closed or (stop is not None and stop.is_set())
                             or (ch.frame is not None and ch.version != last))
 
                 with self._cond:
-                    self._cond.wait_for(ready, RESEND_S)
+                    # Short waits: ``stop`` is an Event nobody notifies this condition for.
+                    self._cond.wait_for(ready, STOP_POLL_S)
                     if self._closed or (stop is not None and stop.is_set()):
                         return
-                    if ch.frame is None:
+                    if ch.frame is None or (ch.version == sent and
+                                            time.monotonic() - sent_at < RESEND_S):
                         continue
                 sent, jpeg = self._jpeg(ch)
+                sent_at = time.monotonic()
                 yield jpeg
         finally:
             with self._cond:
