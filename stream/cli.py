@@ -117,6 +117,9 @@ def _config_for_run(args: argparse.Namespace) -> Any:
         events = _free_events_endpoint() if args.events == "auto" else args.events
         data.setdefault("sink", {})["events"] = events
     _http_for_run(data.setdefault("sink", {}), getattr(args, "http", None))
+    rtsp_out = getattr(args, "rtsp_out", None)
+    if rtsp_out is not None:  # '${VAR}' expanded here, as for --source: no password in ps
+        data["sink"]["rtsp_out"] = expand_env(rtsp_out, "--rtsp-out", "command line")
     if args.model is not None:
         data.setdefault("model", {})["path"] = args.model
     if args.device is not None:
@@ -201,6 +204,10 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"--endpoint {cfg.sink.events})", file=sys.stderr)
     if cfg.sink.output_dir:
         print(f"videos go to {cfg.sink.output_dir}/", file=sys.stderr)
+    if cfg.sink.rtsp_out:
+        from stream.config.redact import redact_url
+
+        print(f"publishing to {redact_url(cfg.sink.rtsp_out)} over RTSP", file=sys.stderr)
     if cfg.sink.http:
         from stream.sink.http import check_http_free, url_of
 
@@ -327,13 +334,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="web view (live overlaid video, labels, drops) and /metrics here; "
                           "default: the config's sink.http, else 127.0.0.1:8080 (a free port "
                           "if taken, printed at start); off = no web view")
+    run.add_argument("--rtsp-out", metavar="URL",
+                     help="also publish each stream's labelled video (H.264) to this RTSP "
+                          "server (MediaMTX, go2rtc); {stream} becomes the stream id, e.g. "
+                          "rtsp://127.0.0.1:8554/{stream}; a server that is down is retried")
     run.set_defaults(func=cmd_run)
     run.epilog = ("examples:\n  stream run --source clip.mp4 --output out/\n"
                   "  stream run --source 'rtsp://${CAM_USER}:${CAM_PASS}@cam/1' --source 0 "
                   "--workers 2\n"
                   "    (single quotes: stream expands the variables, so the password stays out "
                   "of ps)\n"
-                  "  stream run configs/multi-worker.yaml --output out/")
+                  "  stream run configs/multi-worker.yaml --output out/\n"
+                  "  stream run --source 0 --rtsp-out 'rtsp://127.0.0.1:8554/{stream}'\n"
+                  "    (then: vlc rtsp://127.0.0.1:8554/cam0 or an NVR on that URL)")
 
     demo = role_parser("demo", "the embedded default: sample clip → default model → out/")
     demo.add_argument("--clip", default="samples/demo.mp4", help="where the sample clip goes")

@@ -246,3 +246,15 @@ def test_rtsp_out_alone_makes_captures_send_frames() -> None:
     cfg = config_from_dict({"sources": [{"id": "a", "url": "/tmp/a.mp4"}],
                             "sink": {"rtsp_out": "rtsp://127.0.0.1:8554/live"}})
     assert cfg.sink.wants_images and cfg.sink.output_dir is None
+
+
+def test_run_rtsp_out_flag_expands_variables(monkeypatch, tmp_path: Path) -> None:
+    from stream.cli import _config_for_run, build_parser
+
+    monkeypatch.setenv("RTSP_PASS", "s3cret")
+    args = build_parser().parse_args(
+        ["run", "--source", str(tmp_path / "a.mp4"), "--http", "off",
+         "--rtsp-out", "rtsp://pub:${RTSP_PASS}@127.0.0.1:8554/{stream}"])
+    cfg = _config_for_run(args)
+    assert cfg.sink.rtsp_out == "rtsp://pub:s3cret@127.0.0.1:8554/{stream}"
+    assert cfg.sink.wants_images
