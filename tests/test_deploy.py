@@ -5,7 +5,9 @@ from __future__ import annotations
 import configparser
 import re
 import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -240,3 +242,40 @@ def test_every_stream_command_in_the_docs_parses(doc: Path) -> None:
             assert exc.code == 0, f"{doc}: stream {' '.join(argv)}"
             continue
         assert args.command, argv
+
+
+def test_the_image_installs_the_whole_package_from_what_it_copies(tmp_path: Path) -> None:
+    """Build the wheel `pip install .` builds in the image, from only the files its COPY
+    lines take (and its .dockerignore lets in): every file of the package, its data (the
+    labels, the web page) and the `stream` command are in it."""
+    import zipfile
+
+    repo = DEPLOY.parent
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    context = tmp_path / "context"
+    context.mkdir()
+    copies = [rest.split() for word, rest in dockerfile_instructions() if word == "COPY"]
+    assert copies, "no COPY in deploy/Dockerfile"
+    for *sources, dest in copies:
+        for src in sources:
+            assert src.rstrip("/") in allowed, f"COPY {src}: left out by the .dockerignore"
+            # The image copies into its WORKDIR under the same relative path.
+            assert dest in ("./", f"./{src}"), f"COPY {src} {dest}: not where pip looks"
+            if (repo / src).is_dir():
+                shutil.copytree(repo / src, context / src,
+                                ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy(repo / src, context / src)
+    out = tmp_path / "wheel"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "--no-build-isolation", "-w", str(out), str(context)], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = out.glob("stream-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    tracked = subprocess.run(["git", "ls-files", "stream"], cwd=repo, capture_output=True,
+                             text=True, check=True).stdout.split()
+    missing = [f for f in tracked if f not in names]
+    assert not missing, f"not in the image's package: {missing}"
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "stream = stream.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
