@@ -297,13 +297,14 @@ def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None
         name: worker name in results and logs (default ``host:pid``).
     """
     from stream.model.identity import ir_digest, model_identity
-    from stream.model.runtime import compile_classifier
+    from stream.model.runtime import compile_classifier, resolve_hint
     from stream.security import Curve
 
     m = cfg.model
     path = worker_model(m.path)
-    compiled, info = compile_classifier(str(path), m.device, m.hint, m.precision, m.streams,
-                                        m.requests)
+    compiled, info = compile_classifier(
+        str(path), m.device, resolve_hint(m.hint, [s.is_live() for s in cfg.sources]),
+        m.precision, m.streams, m.requests)
     identity = model_identity(info.width, info.height, info.num_classes, ir_digest(path))
     log.info("compiled %s (%s) on %s: inference precision %s", info.path, identity, m.device,
              compiled.get_property("INFERENCE_PRECISION_HINT"))

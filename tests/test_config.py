@@ -86,7 +86,8 @@ BAD = [
     ),
     pytest.param(
         MINIMAL + "model:\n  hint: FAST\n",
-        "model.hint: Input should be 'THROUGHPUT', 'LATENCY' or 'CUMULATIVE_THROUGHPUT' "
+        "model.hint: Input should be 'auto', 'THROUGHPUT', 'LATENCY' or "
+        "'CUMULATIVE_THROUGHPUT' "
         "(got 'FAST')",
         id="bad-literal",
     ),
@@ -282,7 +283,7 @@ def test_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL), env={})
     assert cfg.version == 1
     assert cfg.model.path == "models/convnext-tiny.xml"
-    assert (cfg.model.device, cfg.model.hint) == ("CPU", "THROUGHPUT")
+    assert (cfg.model.device, cfg.model.hint) == ("CPU", "auto")
     assert (cfg.model.precision, cfg.model.requests, cfg.model.streams) == (None, 0, None)
     assert (cfg.model.top_k, cfg.model.labels) == (5, None)
     assert cfg.workers.count == 1

@@ -68,8 +68,12 @@ class ModelConfig(Strict):
         min_length=1,
         description="OpenVINO device, passed as is: CPU, GPU, NPU, AUTO, AUTO:GPU,CPU, ...",
     )
-    hint: Literal["THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT"] = Field(
-        default="THROUGHPUT", description="OpenVINO performance hint."
+    hint: Literal["auto", "THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT"] = Field(
+        default="auto",
+        description="OpenVINO performance hint. auto = LATENCY when every source is live "
+        "(rtsp, camera, realtime file: frames come at the camera's pace, so the time to a "
+        "label matters), THROUGHPUT otherwise (files: frames per second matter). An "
+        "explicit value is used as is.",
     )
     precision: Literal["bf16", "f16", "f32"] | None = Field(
         default=None,

@@ -8,7 +8,9 @@ type and layout inside OpenVINO, so workers do no per-frame NumPy maths.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,33 @@ from openvino.preprocess import PrePostProcessor
 from stream.errors import ConfigError, ModelError
 
 HINTS = ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT")
+log = logging.getLogger(__name__)
+
+
+def resolve_hint(hint: str, live: Sequence[bool]) -> str:
+    """The OpenVINO performance hint to compile with: ``model.hint``, with ``auto`` resolved.
+
+    ``auto`` is LATENCY when every source is live (``live``: one flag per source, from
+    ``SourceConfig.is_live``) and THROUGHPUT otherwise. A live camera produces frames at
+    its own pace, and what its users wait for is each label: LATENCY runs one request on
+    all cores (here: median request 2x shorter). A file is read as fast as workers go, so
+    frames per second are what count: THROUGHPUT runs several requests side by side
+    (here: ~30% more frames/s). A deployment mixing both is throughput-bound (the files
+    would take every free request), so it gets THROUGHPUT. docs/config.md has the figures.
+
+    Raises:
+        ConfigError: ``hint`` is neither ``auto`` nor one of HINTS.
+    """
+    if hint != "auto":
+        if hint not in HINTS:
+            raise ConfigError(f"performance hint {hint!r} is not auto or one of "
+                              f"{', '.join(HINTS)}")
+        return hint
+    chosen = "LATENCY" if live and all(live) else "THROUGHPUT"
+    why = ("every source is live" if chosen == "LATENCY"
+           else f"{sum(1 for x in live if not x)} of {len(live)} source(s) not live")
+    log.info("model.hint auto -> %s (%s)", chosen, why)
+    return chosen
 PRECISIONS: dict[str, Any] = {"bf16": ov.Type.bf16, "f16": ov.Type.f16, "f32": ov.Type.f32}
 
 
@@ -103,6 +132,7 @@ def inspect_classifier(
 def _properties(
     hint: str, precision: str | None, streams: int | None, requests: int
 ) -> dict[str, Any]:
+    hint = resolve_hint(hint, [False]) if hint == "auto" else hint  # sources unknown here
     if hint not in HINTS:
         raise ConfigError(f"performance hint {hint!r} is not one of {', '.join(HINTS)}")
     config: dict[str, Any] = {hints.performance_mode: getattr(hints.PerformanceMode, hint)}
@@ -135,7 +165,9 @@ def compile_classifier(
 
     Args:
         device: any OpenVINO device name (CPU, GPU, NPU, AUTO:..., ...), passed through.
-        hint: PERFORMANCE_HINT; precision: INFERENCE_PRECISION_HINT (bf16/f16/f32) or None
+        hint: PERFORMANCE_HINT, or ``auto`` (THROUGHPUT: this function does not know the
+            sources; a worker resolves ``auto`` with :func:`resolve_hint` first);
+            precision: INFERENCE_PRECISION_HINT (bf16/f16/f32) or None
             for the device default; streams: NUM_STREAMS; requests: hint.num_requests if > 0.
     Raises:
         ModelError: bad IR or the device cannot compile it; ConfigError: bad hint/precision.
