@@ -333,3 +333,67 @@ def test_every_metric_is_documented(deployment: Deployment) -> None:
     # ``…_created`` series (one per counter/histogram) are documented as a group.
     missing = sorted(n for n in names if f"`{n}`" not in docs and not n.endswith("_created"))
     assert not missing, f"not in docs/metrics.md: {missing}"
+
+
+# --------------------------------------------------------------------------- stream run
+
+
+def test_stream_run_serves_the_web_view_by_default(tmp_path: Path,
+                                                  oracle_model: tuple[Path, Path]) -> None:
+    """No ``sink.http`` in the config: ``stream run`` serves the view anyway (127.0.0.1:8080,
+    or a free port when that is taken) and prints where; Ctrl-C still ends it cleanly."""
+    import re
+
+    clip = make_clip(tmp_path / "c.mp4", [RED] * 25, size=(320, 240), fps=25)
+    base = find_free_port_base(3)
+    xml, labels = oracle_model
+    cfg = write_config(tmp_path / "cfg.yaml", port_base=base, model=xml, labels=labels,
+                       sources=[{"id": "cam", "url": str(clip), "loop": True,
+                                 "realtime": True}])
+    err_path = tmp_path / "run.err"
+    with err_path.open("wb") as err, (tmp_path / "run.out").open("wb") as out:
+        run = subprocess.Popen([sys.executable, "-m", "stream", "run", str(cfg)], stdout=out,
+                               stderr=err, stdin=subprocess.DEVNULL)
+    try:
+        def url() -> re.Match[str] | None:
+            assert run.poll() is None, err_path.read_text()[-3000:]
+            # The sink's own line: the address it bound (``stream run`` prints the one it
+            # chose first; another run starting at the same moment may take it meanwhile).
+            return re.search(r"sink\[\d+\] INFO web view on http://127\.0\.0\.1:(\d+)/",
+                             err_path.read_text())
+
+        port = int(wait_until(url, 60, "the web view's address")[1])
+        dep = Deployment("127.0.0.1", port, EventLog(f"tcp://127.0.0.1:{base}"), {}, tmp_path)
+        try:
+            def red() -> bool:
+                try:
+                    s = dep.stream("cam")
+                except OSError:
+                    return False  # the sink is still starting
+                return bool(s and s.get("labels") and s["labels"][0]["name"] == "red")
+
+            wait_until(red, 60, "the label in /api/streams")
+            assert dep.get("/healthz")[0] == 200
+            _, (jpeg,) = read_mjpeg("127.0.0.1", port, "/streams/cam.mjpg", 1)
+            assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (
+                240, 320, 3)
+        finally:
+            dep.log.close()
+        run.send_signal(signal.SIGINT)
+        assert run.wait(timeout=60) == 0, err_path.read_text()[-3000:]
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+
+
+def test_stream_run_with_an_address_in_use_fails_before_it_starts(
+        deployment: Deployment, tmp_path: Path, oracle_model: tuple[Path, Path]) -> None:
+    clip = make_clip(tmp_path / "c.mp4", [RED] * 5)
+    r = subprocess.run([sys.executable, "-m", "stream", "run", "--source", str(clip),
+                        "--model", str(oracle_model[0]), "--events", "auto", "--http",
+                        f"127.0.0.1:{deployment.port}"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "already in use" in r.stderr and "--http" in r.stderr
+    assert "frames captured" not in r.stderr  # nothing was started
