@@ -225,6 +225,15 @@ def test_a_foreign_host_header_is_refused(deployment: Deployment) -> None:
     status, _, _ = deployment.get("/api/streams", {"Host": f"evil.example:{deployment.port}"})
     assert status == 421
     assert deployment.get("/api/streams", {"Host": f"localhost:{deployment.port}"})[0] == 200
+    # An HTTP/1.0 tool that sends no Host at all is not a browser: answered.
+    import socket
+
+    with socket.create_connection((deployment.host, deployment.port), timeout=10) as s:
+        s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"ok\n"), reply
 
 
 # --------------------------------------------------------------------------- metrics

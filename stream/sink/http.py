@@ -197,7 +197,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, "text/plain", b"not found\n", body)
 
     def _host_is_loopback(self) -> bool:
-        host = self.headers.get("Host", "")
+        host = self.headers.get("Host")
+        if host is None:
+            return True  # an HTTP/1.0 tool; browsers (the DNS-rebinding risk) always send it
         if host.startswith("["):
             name = host[1:].split("]", 1)[0]
         else:
