@@ -15,7 +15,8 @@ credentials callback, :class:`Allowlist`): a key not in the folder is refused, c
 logged once per key; the folder is read again (at most once a second) when an unknown key
 knocks, so adding a worker means dropping its ``.key`` file in, with no restart. A peer
 that does not speak CURVE at all, or has the wrong server key, fails the handshake before
-ZAP and never gets a message through either.
+ZAP and never gets a message through either; a socket monitor (:class:`HandshakeWatch`)
+counts those and logs them once per bound endpoint and kind.
 """
 
 from __future__ import annotations
@@ -150,6 +151,55 @@ class Allowlist:
             return sum(self.refused.values())
 
 
+class HandshakeWatch:
+    """Counts peers that fail the CURVE handshake before ZAP is asked (no CURVE at all, the
+    wrong server key): one monitor socket and thread per bound socket, few per process."""
+
+    EVENTS = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._seen: set[tuple[str, int]] = set()
+        self.count = 0
+
+    def watch(self, sock: zmq.Socket[Any], endpoint: str) -> None:
+        """Start watching ``sock`` (bound at ``endpoint``); the monitor socket is handed to
+        a thread of its own, its only user from then on."""
+        mon = sock.get_monitor_socket(self.EVENTS)
+        thread = threading.Thread(target=self._run, args=(mon, endpoint),
+                                  name="curve-watch", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(self, mon: zmq.Socket[Any], endpoint: str) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        try:
+            while not self._stop.is_set():
+                if not mon.poll(100):
+                    continue
+                value = int(recv_monitor_message(mon)["value"])
+                with self._lock:
+                    self.count += 1
+                    first = (endpoint, value) not in self._seen
+                    self._seen.add((endpoint, value))
+                if first:
+                    why = ("it does not use CURVE (no keys configured?)"
+                           if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else
+                           "wrong server key or a broken handshake")
+                    log.warning("refused a peer on %s: %s (logged once)", endpoint, why)
+        finally:
+            mon.close(linger=0)
+
+    def stop(self) -> None:
+        """Stop every watcher thread and close its monitor socket (before ``ctx.term``)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(2.0)
+
+
 @dataclass
 class Curve:
     """One process's CURVE keys: its own pair, whom it lets in, its servers' keys.
@@ -163,6 +213,7 @@ class Curve:
     server_files: dict[str, Path] = field(default_factory=dict)
     _auth: ThreadAuthenticator | None = None
     _allow: Allowlist | None = None
+    _watch: HandshakeWatch = field(default_factory=HandshakeWatch)
 
     @classmethod
     def from_config(cls, sec: Any) -> Curve | None:
@@ -199,8 +250,9 @@ class Curve:
                               f"is needed to connect to the {role} over CURVE")
         return load_public(path, f"the {role}'s public key")
 
-    def serve(self, sock: zmq.Socket[Any], ctx: zmq.Context[Any]) -> None:
-        """Make ``sock`` a CURVE server (before ``bind``), starting the allow-list once.
+    def serve(self, sock: zmq.Socket[Any], ctx: zmq.Context[Any], endpoint: str) -> None:
+        """Make ``sock`` a CURVE server (before it binds ``endpoint``), starting the
+        allow-list once and a handshake watch for the socket.
 
         Raises:
             ConfigError: no ``security.trusted`` folder to check clients against.
@@ -217,6 +269,7 @@ class Curve:
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
+        self._watch.watch(sock, endpoint)
 
     def connect_as_client(self, sock: zmq.Socket[Any], server_key: bytes) -> None:
         """Make ``sock`` a CURVE client of the server with ``server_key`` (before connect)."""
@@ -226,15 +279,18 @@ class Curve:
 
     @property
     def refused(self) -> int:
-        """Connection attempts refused by the allow-list so far."""
-        return self._allow.count if self._allow is not None else 0
+        """Connection attempts refused so far: by the allow-list, or failed handshakes."""
+        return (self._allow.count if self._allow is not None else 0) + self._watch.count
 
     def stop(self) -> None:
-        """Stop the authenticator thread (before the context is terminated)."""
+        """Stop the authenticator and watcher threads (before the context is terminated)."""
+        self._watch.stop()
         if self._auth is not None:
-            if self._allow is not None and self._allow.count:
-                log.info("refused %d connection attempt(s) from %d unknown key(s)",
-                         self._allow.count, len(self._allow.refused))
+            if self.refused:
+                keys = len(self._allow.refused) if self._allow is not None else 0
+                log.info("refused %d connection attempt(s): %d from %d unknown key(s), %d "
+                         "failed handshake(s)", self.refused, self.refused - self._watch.count,
+                         keys, self._watch.count)
             self._auth.stop()
             self._auth = None
 

@@ -73,7 +73,7 @@ class Sockets:
         """Apply the server side of CURVE to ``sock`` before it binds ``endpoint`` (for
         sockets bound elsewhere than :meth:`bind`, like the events publisher)."""
         if self.curve is not None and uses_curve(endpoint):
-            self.curve.serve(sock, self.ctx)
+            self.curve.serve(sock, self.ctx, endpoint)
 
     def __enter__(self) -> Sockets:
         return self
