@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -43,6 +43,13 @@ a second; the reorder timeout caps the tail near 5 s."""
 
 INFER_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 """One inference request as the worker timed it, seconds (convnext-tiny: ~10-100 ms)."""
+
+
+class WebStats(Protocol):
+    """What the metrics read of the web output (:class:`stream.outputs.web.WebOutput`)."""
+
+    def viewers(self) -> Mapping[str, int]: ...
+    def encoded_by_stream(self) -> Mapping[str, int]: ...
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ class SinkMetrics:
         self._lock = threading.Lock()
         self._snapshot = Snapshot()
         self._next_refresh = float("-inf")
-        self._viewers: Callable[[], Mapping[str, int]] = dict
+        self._web: WebStats | None = None
         r.register(_SnapshotCollector(self))
 
     # -- the sink's thread -----------------------------------------------------------------
@@ -130,9 +137,9 @@ class SinkMetrics:
         with self._lock:
             self._snapshot = snap
 
-    def watch_viewers(self, viewers: Callable[[], Mapping[str, int]]) -> None:
-        """Where ``stream_web_viewers`` comes from (the web output's live viewer count)."""
-        self._viewers = viewers
+    def watch_web(self, web: WebStats) -> None:
+        """Where the ``stream_web_*`` metrics come from (the web output, read at scrape)."""
+        self._web = web
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -148,9 +155,11 @@ class SinkMetrics:
         at = self.snapshot.at
         return float("inf") if at == 0.0 else self.clock() - at
 
-    def viewers(self) -> Mapping[str, int]:
-        """Web viewers per stream, now."""
-        return self._viewers()
+    def web(self) -> tuple[Mapping[str, int], Mapping[str, int]]:
+        """(viewers, frames JPEG-encoded) per stream, now; empty without a web view."""
+        if self._web is None:
+            return {}, {}
+        return self._web.viewers(), self._web.encoded_by_stream()
 
 
 class _SnapshotCollector(Collector):
@@ -200,11 +209,19 @@ class _SnapshotCollector(Collector):
             refused.add_metric([kind], n)
         viewers = GaugeMetricFamily("stream_web_viewers", "MJPEG viewers watching the stream "
                                     "in the web view now.", labels=["stream"])
-        for sid, n in sorted(self.metrics.viewers().items()):
+        jpegs = CounterMetricFamily("stream_web_jpeg_frames",
+                                    "Frames the web view drew and JPEG-encoded (only while "
+                                    "someone watches; once per frame for any number of "
+                                    "viewers).", labels=["stream"])
+        watching, encoded = self.metrics.web()
+        for sid, n in sorted(watching.items()):
             viewers.add_metric([sid], n)
+        for sid, n in sorted(encoded.items()):
+            jpegs.add_metric([sid], n)
         age = GaugeMetricFamily("stream_sink_snapshot_age_seconds",
                                 "Seconds since the sink loop last refreshed these numbers "
                                 "(grows when the loop is stuck).")
         a = self.metrics.age()
         age.add_metric([], a if a != float("inf") else -1.0)
-        yield from (out, captured, fps, pending, sessions, capture, refused, viewers, age)
+        yield from (out, captured, fps, pending, sessions, capture, refused, viewers, jpegs,
+                    age)

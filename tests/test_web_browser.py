@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from conftest import ORACLE_COLOURS
+from conftest import ORACLE_COLOURS, wait_until
 from test_web import RED, Deployment
 from test_web import deployment as deployment  # the fixture, used by name
 
@@ -79,3 +79,23 @@ def test_browser_shows_the_label_and_the_overlaid_video(
     keep = os.environ.get("STREAM_WEB_SCREENSHOT")
     if keep:
         page.screenshot(path=keep)
+
+    # Pause the live video (a click on it): the browser closes its MJPEG connection, the
+    # viewer is gone, and the sink stops encoding that stream; a second click resumes it.
+    def jpegs() -> float:
+        _, _, body = deployment.get("/metrics")
+        line = next(ln for ln in body.decode().splitlines()
+                    if ln.startswith('stream_web_jpeg_frames_total{stream="live"}'))
+        return float(line.split()[-1])
+
+    page.click(f"{card} img")
+    wait_until(lambda: deployment.stream("live")["viewers"] == 0, 15, "the viewer gone")
+    before = jpegs()
+    labelled = deployment.stream("live")["labelled"]
+    wait_until(lambda: deployment.stream("live")["labelled"] > labelled + 10, 15,
+               "more live frames while paused")
+    assert jpegs() == before, "frames encoded while nobody watched"
+    assert page.is_visible(f"{card} .paused")
+    page.click(f"{card} .paused")
+    wait_until(lambda: deployment.stream("live")["viewers"] == 1, 15, "the viewer back")
+    wait_until(lambda: jpegs() > before + 5, 15, "encoding again")

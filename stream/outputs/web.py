@@ -62,6 +62,7 @@ class _Channel:
         self.jpeg = b""
         self.jpeg_version = -1
         self.viewers = 0
+        self.encoded = 0  # frames of this stream drawn and JPEG-encoded
         self.ended = False
         self.encode_lock = threading.Lock()  # one encode per frame, whoever asks first
 
@@ -142,6 +143,11 @@ class WebOutput:
         with self._cond:
             return {s: ch.viewers for s, ch in self._channels.items() if ch.viewers}
 
+    def encoded_by_stream(self) -> dict[str, int]:
+        """Frames drawn and JPEG-encoded so far, per stream (grows only while watched)."""
+        with self._cond:
+            return {s: ch.encoded for s, ch in self._channels.items()}
+
     def frames(self, stream: str, stop: threading.Event | None = None
                ) -> Generator[bytes, None, None]:
         """JPEG bytes of each newest frame of ``stream`` as it comes (the last one again every
@@ -194,6 +200,7 @@ class WebOutput:
             jpeg = buf.tobytes()
             with self._cond:
                 self.encoded += 1
+                ch.encoded += 1
                 if version >= ch.jpeg_version:
                     ch.jpeg, ch.jpeg_version = jpeg, version
             return version, jpeg

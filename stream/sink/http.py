@@ -269,7 +269,7 @@ def start_web(address: str, queue_size: int) -> WebServing:
     """
     web = WebOutput()
     metrics = SinkMetrics()
-    metrics.watch_viewers(web.viewers)
+    metrics.watch_web(web)
     try:
         http = SinkHttp(address, web, metrics)
     except ConfigError:
