@@ -92,3 +92,29 @@ def test_worker_runs_without_camera_secrets_capture_without_them_fails_cleanly(
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
+
+
+def test_per_source_frames_endpoints() -> None:
+    from stream.config import config_from_dict
+
+    cfg = config_from_dict({
+        "sources": [{"id": "a", "url": "a.mp4"},
+                    {"id": "b", "url": "b.mp4", "frames": "tcp://cam-b:6000",
+                     "frames_bind": "tcp://*:6000"},
+                    {"id": "c", "url": "c.mp4", "frames": "tcp://*:6001"}],
+        "transport": {"frames": "tcp://127.0.0.1:5570"},
+        "security": {"insecure": True}})
+    # Without its own endpoint, source i keeps the old port arithmetic (port + i).
+    assert [cfg.frames_bind(i) for i in range(3)] == [
+        "tcp://127.0.0.1:5570", "tcp://*:6000", "tcp://*:6001"]
+    assert [cfg.frames_connect(i) for i in range(3)] == [
+        "tcp://127.0.0.1:5570", "tcp://cam-b:6000", "tcp://127.0.0.1:6001"]
+    # --connect HUB moves what the config leaves to the hub, not a capture's own host.
+    assert [cfg.frames_connect(i, "hub") for i in range(3)] == [
+        "tcp://hub:5570", "tcp://cam-b:6000", "tcp://hub:6001"]
+    with pytest.raises(ConfigError, match="would bind the same address"):
+        config_from_dict({"sources": [{"id": "a", "url": "a.mp4", "frames": "tcp://*:5561"}],
+                          "security": {"insecure": True}})
+    with pytest.raises(ConfigError, match=r"sources\[0\]\.frames_bind: binds a non-loopback"):
+        config_from_dict({"sources": [{"id": "a", "url": "a.mp4",
+                                       "frames_bind": "tcp://0.0.0.0:6000"}]})
