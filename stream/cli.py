@@ -38,6 +38,8 @@ examples:
 
 roles (for spreading one deployment over several machines):
   stream sink CONFIG | stream worker CONFIG --connect HOST | stream capture CONFIG --source ID
+  stream keys generate NAME                CurveZMQ key pair for the links between machines
+  stream events-proxy --upstream EP --listen EP     events to many subscribers on other hosts
 """
 
 
