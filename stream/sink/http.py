@@ -155,8 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     timeout = REQUEST_TIMEOUT_S
     protocol_version = "HTTP/1.1"
-    server_version = "stream"
-    sys_version = ""
+    def version_string(self) -> str:
+        return "stream"  # no Python version in the Server header
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s: " + format, self.client_address[0], *args)
