@@ -1,23 +1,32 @@
-"""Both halves of the credit protocol between a capture and its workers.
+"""The capture half of scheduling: workers grant slots, the capture answers with its newest frame.
 
 Capture binds a ROUTER socket (:func:`task_socket`); each worker connects a DEALER
-(:func:`worker_socket`) and sends ``credit`` messages: its capacity (tasks it can hold at
-once) and the seqs it finished, after each inference and every half second as a heartbeat,
-``bye`` on a clean exit. The capture half is :class:`Dispatcher`, the worker half
-:class:`CreditSender`. A task goes only to a worker holding fewer of this capture's tasks
-than its capacity, so:
+(:func:`worker_socket`). Credits belong to the WORKER (its half is
+:class:`stream.grants.GrantScheduler`): it holds just enough tasks to keep its infer
+requests busy, whatever the number of captures, and shares them fairly. The conversation
+(wire format in :mod:`stream.protocol`):
 
-* frames never sit in queues they cannot leave: latency stays bounded by the credits a
-  worker asked for (its infer requests plus a small prefetch), not by socket buffers;
-* capture always knows which seqs each worker holds. A worker silent for longer than
-  ``worker_timeout_s`` (killed, machine gone) is declared lost and its frames are handed
-  back to the capture, which re-sends them (lossless sources) or drops them with reason
-  ``worker_lost`` (live sources);
-* a live source never waits: no credit anywhere means the frame is dropped as ``busy``.
+* a capture with a frame ready says so to every worker it knows (``ready``: how many
+  frames, live or not), again every :data:`HEARTBEAT_S` while it has one;
+* a worker with a free slot grants ONE slot to one of the ready captures, the one it served
+  least recently (``credit`` with ``grant`` 1);
+* the capture answers each grant at once with a ``task`` made from its newest frame (live)
+  or its oldest unsent one (lossless), or hands the grant back (``ready`` with
+  ``declined``) when it has none, and the worker grants elsewhere.
 
-Credits are per capture (each capture sees only its own tasks). Nothing from the wire is
-trusted: a capacity above :data:`MAX_CAPACITY` is capped (a worker cannot make a capture
-hand it every frame), and malformed messages are counted, never fatal.
+So a live frame is chosen when a request frees up, never queued behind older ones, and the
+frames a worker holds do not grow with the number of cameras.
+
+The capture still knows which seqs each worker holds: a worker silent for longer than
+``worker_timeout_s`` (killed, machine gone), or one that says ``bye``, is declared lost and
+its tasks are handed to the frame :class:`Supply`, which re-sends them (lossless sources)
+or not (live ones: the router drops them as ``worker_lost``).
+
+Nothing from the wire is trusted: a worker holds at most min(its own ``capacity``,
+:data:`MAX_CAPACITY`) tasks of this capture, whatever it grants; malformed messages are
+counted, never fatal. :class:`Dispatcher` is single-threaded; the capture runs it on a
+thread of its own (:mod:`stream.capture.supply`) so grants are answered while the main
+thread decodes or crops.
 """
 
 from __future__ import annotations
@@ -26,13 +35,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import zmq
 
 from stream import transport
 from stream.errors import ProtocolError
-from stream.protocol import Buffer, Credit, Task, decode, encode
+from stream.protocol import Buffer, Credit, Message, Ready, Task, decode, encode
 from stream.runtime import Rejections
 from stream.transport import Socket, Sockets
 
@@ -45,10 +54,11 @@ MAX_CAPACITY = 64
 (infer requests + prefetch), few enough that a lying worker cannot hoard a stream."""
 
 HEARTBEAT_S = 0.5
-"""How often a worker re-announces its credit when nothing finished (liveness)."""
+"""How often a worker re-announces itself, and a capture its ready frames (liveness, and
+repair of a message lost to a reconnect)."""
 
 TASK_HWM = 1000
-"""Queue bound of the task link both ways; credits keep real use far below it."""
+"""Queue bound of the task link both ways; grants keep real use far below it."""
 
 
 def task_socket(sockets: Sockets) -> Socket:
@@ -58,15 +68,15 @@ def task_socket(sockets: Sockets) -> Socket:
 
 
 def worker_socket(sockets: Sockets) -> Socket:
-    """A worker's link to one capture: DEALER; crops in, credits out."""
+    """A worker's link to one capture: DEALER; tasks and ready notes in, credits out."""
     return sockets.socket(zmq.DEALER, sndhwm=TASK_HWM, rcvhwm=TASK_HWM, linger_ms=500)
 
 
-def decode_as(kind: type[M], frames: Sequence[Buffer], reject: Callable[[str], None],
-              link: str) -> M | None:
-    """Decode a message that must be a ``kind`` (a Credit from a worker, a Task from a
-    capture); anything else is handed to ``reject`` (counted, logged) and None returned:
-    bad input is never fatal (invariant 4)."""
+def decode_as(kind: type[M] | tuple[type, ...], frames: Sequence[Buffer],
+              reject: Callable[[str], None], link: str) -> M | None:
+    """Decode a message that must be a ``kind`` (a Credit from a worker, a Task or Ready
+    from a capture); anything else is handed to ``reject`` (counted, logged) and None
+    returned: bad input is never fatal (invariant 4)."""
     try:
         msg = decode(frames)
     except ProtocolError as exc:
@@ -75,7 +85,40 @@ def decode_as(kind: type[M], frames: Sequence[Buffer], reject: Callable[[str], N
     if not isinstance(msg, kind):
         reject(f"unexpected {type(msg).__name__} on the {link}")
         return None
-    return msg
+    return msg  # type: ignore[return-value]
+
+
+class Supply(Protocol):
+    """Where a dispatcher takes the frames it sends: the capture's ready frames."""
+
+    stream: str
+    live: bool
+
+    def ready(self) -> int:
+        """Frames that could be sent right now."""
+
+    def take(self) -> Task | None:
+        """The frame to answer a grant with (newest for live, oldest for lossless), as a
+        task; None when there is none."""
+
+    def lost(self, task: Task) -> bool:
+        """A worker died holding ``task``; True if the supply will send it again."""
+
+
+class NoFrames:
+    """The supply of a dispatcher not wired to a capture yet: nothing ready, ever."""
+
+    stream = "none"
+    live = True
+
+    def ready(self) -> int:
+        return 0
+
+    def take(self) -> Task | None:
+        return None
+
+    def lost(self, task: Task) -> bool:
+        return False
 
 
 # --------------------------------------------------------------------------- capture half
@@ -90,31 +133,33 @@ class _WorkerState:
 
 
 class Dispatcher:
-    """The capture half: tracks workers' credits and in-flight tasks on one ROUTER socket."""
+    """The capture half: answers workers' grants from a :class:`Supply` on one ROUTER socket.
+
+    Only one thread may call it (it owns the socket). The capture's router sets ``supply``
+    (its ready frames) and ``on_lost``, which hears of every task a lost worker held, with
+    whether the supply sends it again (called on the dispatcher's thread).
+    """
 
     def __init__(
         self,
         sock: Socket,
         worker_timeout_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        supply: Supply | None = None,
+        on_lost: Callable[[Task, bool], None] | None = None,
     ) -> None:
         self.sock = sock
+        self.supply: Supply = NoFrames() if supply is None else supply
         self.worker_timeout_s = worker_timeout_s
         self.clock = clock
+        self.on_lost = on_lost
         self.workers: dict[bytes, _WorkerState] = {}
+        self.inflight = 0
+        """Tasks sent and not yet done or lost (kept as a number: other threads read it)."""
+        self.sent = 0
         self._reject = Rejections(log)
-        self._rr = 0
-        self._lost: list[Task] = []
-
-    @property
-    def credits(self) -> int:
-        """Tasks the workers can take right now."""
-        return sum(max(0, w.capacity - len(w.inflight)) for w in self.workers.values())
-
-    @property
-    def inflight(self) -> int:
-        """Tasks sent and not yet done or lost."""
-        return sum(len(w.inflight) for w in self.workers.values())
+        self._announced = 0
+        self._announced_at = float("-inf")
 
     @property
     def rejected(self) -> int:
@@ -122,7 +167,8 @@ class Dispatcher:
         return self._reject.count
 
     def poll(self, timeout_ms: int = 0) -> None:
-        """Take in every pending credit message and notice workers gone silent."""
+        """Take in every pending worker message (answering grants at once), tell workers
+        about ready frames, and notice workers gone silent."""
         events = self.sock.poll(timeout_ms, zmq.POLLIN)
         while events:
             try:
@@ -131,6 +177,18 @@ class Dispatcher:
                 break
             self._on_message(ident.bytes, [p.buffer for p in parts])
         self._reap()
+        self.announce()
+
+    def announce(self, force: bool = False) -> None:
+        """Tell every worker how many frames are ready, when that grew or a heartbeat is due."""
+        n = self.supply.ready()
+        now = self.clock()
+        due = now - self._announced_at >= HEARTBEAT_S
+        if n and (force or n > self._announced or due):
+            for ident in list(self.workers):
+                self._send(ident, Ready(self.supply.stream, n, self.supply.live))
+            self._announced_at = now
+        self._announced = n
 
     def _on_message(self, ident: bytes, frames: list[memoryview]) -> None:
         msg = decode_as(Credit, frames, self._reject, "frames socket (from a worker)")
@@ -142,97 +200,73 @@ class Dispatcher:
                 return
             w = self.workers[ident] = _WorkerState(msg.worker)
             log.info("worker %s joined", msg.worker)
+            n = self.supply.ready()
+            if n:  # it has not heard of the frame waiting here
+                self._send(ident, Ready(self.supply.stream, n, self.supply.live))
         w.last_seen = self.clock()
         for seq in msg.done:
-            w.inflight.pop(seq, None)
+            if w.inflight.pop(seq, None) is not None:
+                self.inflight -= 1
         w.capacity = min(msg.capacity, MAX_CAPACITY)
         if msg.bye:
             # A clean goodbye: whatever it still holds will not come back.
             log.info("worker %s left", w.name)
             self._lose(ident)
+            return
+        declined = 0
+        for _ in range(min(msg.grant, MAX_CAPACITY)):
+            if ident not in self.workers:  # lost while answering (unreachable)
+                return
+            if not self._answer(ident, w):
+                declined += 1
+        if declined:
+            self._send(ident, Ready(self.supply.stream, self.supply.ready(), self.supply.live,
+                                    declined))
+
+    def _answer(self, ident: bytes, w: _WorkerState) -> bool:
+        """Answer one granted slot with a task; False when there is nothing to send (or the
+        worker already holds its capacity of this capture's tasks)."""
+        if len(w.inflight) >= w.capacity:
+            return False
+        task = self.supply.take()
+        if task is None:
+            return False
+        if not self._send(ident, task):
+            resent = self.supply.lost(task)
+            if self.on_lost is not None:
+                self.on_lost(task, resent)
+            return False
+        w.inflight[task.seq] = task
+        self.inflight += 1
+        self.sent += 1
+        return True
+
+    def _send(self, ident: bytes, msg: Message) -> bool:
+        try:
+            self.sock.send_multipart([ident, *encode(msg)], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full)
+            w = self.workers.get(ident)
+            log.debug("worker %s not reachable: %s", w.name if w else ident, exc)
+            if exc.errno == zmq.EHOSTUNREACH and w is not None:
+                self._lose(ident)
+            return False
 
     def _reap(self) -> None:
         now = self.clock()
         for ident in [i for i, w in self.workers.items()
                       if now - w.last_seen > self.worker_timeout_s]:
+            w = self.workers[ident]
             log.warning("worker %s silent for %.1f s: declared lost with %d frame(s)",
-                        self.workers[ident].name, now - self.workers[ident].last_seen,
-                        len(self.workers[ident].inflight))
+                        w.name, now - w.last_seen, len(w.inflight))
             self._lose(ident)
 
     def _lose(self, ident: bytes) -> None:
         w = self.workers.pop(ident)
-        self._lost.extend(w.inflight.values())
-
-    def take_lost(self) -> list[Task]:
-        """Tasks held by workers that left or went silent, oldest first (once each)."""
-        lost = sorted(self._lost, key=lambda t: t.seq)
-        self._lost = []
-        return lost
-
-    def try_send(self, task: Task) -> bool:
-        """Send to a worker with a credit (round robin); False if nobody has one."""
-        idents = [i for i, w in self.workers.items() if len(w.inflight) < w.capacity]
-        while idents:
-            self._rr = (self._rr + 1) % len(idents)
-            ident = idents[self._rr]
-            try:
-                self.sock.send_multipart([ident, *encode(task)], flags=zmq.NOBLOCK, copy=False)
-            except zmq.ZMQError as exc:  # EHOSTUNREACH (gone) or EAGAIN (full): skip it
-                log.debug("worker %s not reachable: %s", self.workers[ident].name, exc)
-                idents.remove(ident)
-                if exc.errno == zmq.EHOSTUNREACH:
-                    self._lose(ident)
-                continue
-            self.workers[ident].inflight[task.seq] = task
-            return True
-        return False
-
-
-# --------------------------------------------------------------------------- worker half
-
-
-class CreditSender:
-    """The worker half: tells every capture how many tasks it may send and which are done.
-
-    One instance per worker, one DEALER socket per capture (index ``i``). Credits go out
-    when a task finished (so the capture can send the next one at once) and every
-    :data:`HEARTBEAT_S` (so the capture knows the worker is alive). Only the thread that
-    owns the sockets may call it.
-    """
-
-    def __init__(self, name: str, capacity: int, socks: Sequence[Socket],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.name = name
-        self.capacity = capacity
-        self.socks = list(socks)
-        self.clock = clock
-        self._done: list[list[int]] = [[] for _ in self.socks]
-        self._last_beat: float | None = None
-
-    def done(self, i: int, seq: int) -> None:
-        """Task ``seq`` of capture ``i`` is finished (result or named drop sent)."""
-        self._done[i].append(seq)
-
-    def flush(self) -> None:
-        """Send what is due: every finished seq now, everyone's credit on the heartbeat."""
-        now = self.clock()
-        beat = self._last_beat is None or now - self._last_beat >= HEARTBEAT_S
-        if beat:
-            self._last_beat = now
-        for i in range(len(self.socks)):
-            if beat or self._done[i]:
-                self._send(i, bye=False)
-
-    def bye(self) -> None:
-        """A clean exit: capacity 0 and ``bye``; what was not reported done is re-sent."""
-        for i in range(len(self.socks)):
-            self._send(i, bye=True)
-
-    def _send(self, i: int, bye: bool) -> None:
-        done, self._done[i] = self._done[i], []
-        msg = Credit(self.name, 0 if bye else self.capacity, tuple(done), bye)
-        try:
-            transport.send(self.socks[i], msg, zmq.NOBLOCK)
-        except zmq.Again:
-            self._done[i] = done + self._done[i]  # try again with the next heartbeat
+        self.inflight -= len(w.inflight)
+        for task in sorted(w.inflight.values(), key=lambda t: t.seq):
+            resent = self.supply.lost(task)
+            if self.on_lost is not None:
+                self.on_lost(task, resent)
+        if self.supply.ready():
+            self.announce(force=True)

@@ -19,8 +19,22 @@ Message types (``t``) and who sends them:
     result  worker  → sink     top-k classes and true softmax probabilities (+ f32 buffer)
     eos     capture → sink     end of a stream: how many seqs were issued, and why it ended
     status  capture → sink     the source's state changed (connecting, streaming, ...)
-    credit  worker  → capture  "I can hold N of your tasks; these seqs are done" (flow
-                               control and heartbeat; ``bye`` on a clean exit)
+    credit  worker  → capture  v2: "take ``grant`` more slots; these seqs are done; I hold
+                               at most ``capacity`` tasks" (grants, heartbeat; ``bye``)
+    ready   capture → worker   v2: "I have ``frames`` frames ready" (announce, refresh), and
+                               grants handed back unused (``declined``)
+
+Versions are per message type (:data:`VERSIONS`): ``credit`` went to v2 when credits moved
+from per capture to per worker (issue 8), ``ready`` was born v2; the others are v1. A peer
+of another build is refused with a message that names both versions.
+
+The scheduling conversation (both halves in :mod:`stream.dispatch` and
+:mod:`stream.grants`)::
+
+    worker  ── credit{grant 0, capacity C}  ──►  capture     heartbeat, every 0.5 s
+    capture ── ready{frames n, live}        ──►  worker      a frame is ready (to every worker)
+    worker  ── credit{grant 1, done [...]}  ──►  capture     a request freed up: one slot
+    capture ── task (newest frame)          ──►  worker      or ready{frames 0, declined 1}
 
 A receiver that gets an unknown ``v``, an unknown ``t`` or a field of the wrong type raises
 :class:`~stream.errors.ProtocolError` from :func:`decode`; roles count and log those and go
@@ -40,6 +54,10 @@ from stream.errors import ProtocolError
 from stream.ids import STREAM_ID_RULE, is_stream_id
 
 PROTOCOL_VERSION = 1
+"""Version of every message type not listed in :data:`VERSIONS`."""
+
+VERSIONS: dict[str, int] = {"credit": 2, "ready": 2}
+"""Message types whose wire format changed since v1, with the version this build speaks."""
 
 Buffer = bytes | bytearray | memoryview
 
@@ -133,21 +151,41 @@ class Status:
 
 @dataclass(frozen=True)
 class Credit:
-    """Worker → capture flow control: ``capacity`` tasks at once, ``done`` seqs finished.
+    """Worker → capture (v2): ``grant`` new slots, ``done`` seqs finished, heartbeat, ``bye``.
 
-    Capture counts what it has sent and not seen done; it sends a task only while that is
-    below the worker's capacity. The capacity is absolute (not an increment), so the same
-    message works as a heartbeat, survives a capture restart, and needs no handshake.
-    ``bye`` announces a clean exit.
+    Credits belong to the worker, not to one capture: a worker grants ONE slot at a time to
+    one of the captures that said they have a frame ready (:class:`Ready`), fairly, when one
+    of its infer requests frees up. The capture answers each granted slot with exactly one
+    ``task`` (its newest frame) or gives it back in a ``ready`` (``declined``). ``capacity``
+    is the most tasks the worker holds at once (requests + prefetch): the capture never
+    lets it hold more of its frames than that (capped again by the capture: the wire is not
+    trusted). A message with ``grant`` 0 is a heartbeat. ``bye`` announces a clean exit.
     """
 
     worker: str
     capacity: int
     done: tuple[int, ...] = ()
     bye: bool = False
+    grant: int = 0
 
 
-Message = Hello | Task | Frame | Drop | Result | Eos | Status | Credit
+@dataclass(frozen=True)
+class Ready:
+    """Capture → worker (v2): ``frames`` ready to send now; ``declined`` grants handed back.
+
+    Sent to every worker when a frame becomes ready, again every heartbeat while one is,
+    and in answer to a grant the capture cannot use (no frame left: ``frames`` 0,
+    ``declined`` 1). ``live`` captures are granted only when an infer request is free (their
+    frame is chosen at that moment: the newest); lossless ones may be prefetched.
+    """
+
+    stream: str
+    frames: int
+    live: bool
+    declined: int = 0
+
+
+Message = Hello | Task | Frame | Drop | Result | Eos | Status | Credit | Ready
 
 _TYPE_OF: dict[type, str] = {
     Hello: "hello",
@@ -158,6 +196,7 @@ _TYPE_OF: dict[type, str] = {
     Eos: "eos",
     Status: "status",
     Credit: "credit",
+    Ready: "ready",
 }
 
 
@@ -169,7 +208,7 @@ def encode(msg: Message) -> list[Buffer]:
         copy), so the caller can send it with ``copy=False``.
     """
     t = _TYPE_OF[type(msg)]
-    head: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": t}
+    head: dict[str, Any] = {"v": VERSIONS.get(t, PROTOCOL_VERSION), "t": t}
     buf: Buffer | None = None
     if isinstance(msg, Hello):
         head.update(
@@ -198,7 +237,10 @@ def encode(msg: Message) -> list[Buffer]:
         head.update(stream=msg.stream, state=msg.state, ts=msg.ts, message=msg.message,
                     counters=dict(msg.counters))
     elif isinstance(msg, Credit):
-        head.update(worker=msg.worker, capacity=msg.capacity, done=list(msg.done), bye=msg.bye)
+        head.update(worker=msg.worker, capacity=msg.capacity, done=list(msg.done), bye=msg.bye,
+                    grant=msg.grant)
+    elif isinstance(msg, Ready):
+        head.update(stream=msg.stream, frames=msg.frames, live=msg.live, declined=msg.declined)
     header: bytes = msgpack.packb(head, use_bin_type=True)
     return [header] if buf is None else [header, buf]
 
@@ -219,12 +261,13 @@ def decode(frames: Sequence[Buffer]) -> Message:
     if not isinstance(head, dict):
         raise ProtocolError(f"header is a {type(head).__name__}, expected a map")
     v = head.get("v")
-    if not isinstance(v, int) or isinstance(v, bool) or v != PROTOCOL_VERSION:
-        raise ProtocolError(
-            f"unsupported protocol version {v!r} (this build speaks {PROTOCOL_VERSION}); "
-            "run the same stream version on every machine"
-        )
     t = head.get("t")
+    want = VERSIONS.get(t, PROTOCOL_VERSION) if isinstance(t, str) else PROTOCOL_VERSION
+    if not isinstance(v, int) or isinstance(v, bool) or v != want:
+        raise ProtocolError(
+            f"unsupported protocol version {v!r} of {str(t)[:20]!r} (this build speaks "
+            f"{want}); run the same stream version on every machine"
+        )
     r = _Reader(head, t)
     extra = list(frames[1:])
     if t == "task":
@@ -260,7 +303,10 @@ def decode(frames: Sequence[Buffer]) -> Message:
                       r.counters("counters"))
     if t == "credit":
         return Credit(r.str_("worker"), r.int_("capacity", 0, 1 << 20),
-                      tuple(r.int_list("done")), r.bool_("bye"))
+                      tuple(r.int_list("done")), r.bool_("bye"), r.int_("grant", 0, 1 << 20))
+    if t == "ready":
+        return Ready(r.stream(), r.int_("frames", 0, 1 << 20), r.bool_("live"),
+                     r.int_("declined", 0, 1 << 20))
     raise ProtocolError(f"unknown message type {t!r}")
 
 

@@ -2,10 +2,10 @@
 
 Frames come in as raw u8 H×W×3 BGR crops (``task`` messages) and go straight into an
 ``AsyncInferQueue`` as zero-copy views of the ZeroMQ buffers; PrePostProcessor inside the
-compiled model does the u8→f32 and NHWC→NCHW work. A worker tells each capture how many
-tasks it can hold (its infer requests plus one prefetch), so it never receives more than it
-can run soon; both halves of that contract live in :mod:`stream.dispatch` (the worker's is
-:class:`~stream.dispatch.CreditSender`).
+compiled model does the u8→f32 and NHWC→NCHW work. Credits belong to the worker: it holds
+at most its infer requests plus one prefetch task IN ALL, whatever the number of captures,
+and grants a freed slot to one ready capture at a time, fairly (the worker half is
+:class:`~stream.grants.GrantScheduler`, the capture half :mod:`stream.dispatch`).
 
 Completions arrive on OpenVINO's threads; the callback turns logits into a true softmax and
 top-k and hands a ``result`` to one sender thread, the only user of the results socket
@@ -23,16 +23,17 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
 
 from stream import transport
 from stream.config import StreamConfig, connect_endpoint
-from stream.dispatch import CreditSender, decode_as, worker_socket
+from stream.dispatch import decode_as, worker_socket
+from stream.grants import GrantScheduler
 from stream.model.runtime import top_ids
-from stream.protocol import Drop, Result, Task
+from stream.protocol import Drop, Ready, Result, Task
 from stream.runtime import Rejections, cpu_seconds
 from stream.transport import Socket, Sockets
 
@@ -46,6 +47,19 @@ class WorkerSettings:
     name: str
     top_k: int = 5
     send_probs: bool = True
+
+
+class InferQueue(Protocol):
+    """The slice of ``openvino.AsyncInferQueue`` the worker uses (the OpenVINO seam)."""
+
+    def set_callback(self, callback: Any) -> None: ...
+
+    def is_ready(self) -> bool: ...
+
+    def start_async(self, inputs: Any, userdata: Any = None, share_inputs: bool = False
+                    ) -> None: ...
+
+    def wait_all(self) -> None: ...
 
 
 def default_worker_name() -> str:
@@ -85,9 +99,8 @@ class Worker:
         stop: threading.Event,
         requests: int = 0,
         prefetch: int = 1,
+        infer_queue: InferQueue | None = None,
     ) -> None:
-        import openvino as ov  # the OpenVINO boundary lives here and in stream.model
-
         self.s = settings
         self.compiled = compiled
         self.input_hw = input_hw
@@ -97,11 +110,15 @@ class Worker:
         self.stop = stop
         n = requests or int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.nireq = max(1, n)
-        # Each capture may have this many tasks here: enough to keep every request busy
+        # Tasks held here in all, from every capture: enough to keep every request busy
         # while the next task is on its way, few enough to keep latency low.
-        self.capacity = self.nireq + prefetch
-        self.credits = CreditSender(settings.name, self.capacity, captures)
-        self.queue = ov.AsyncInferQueue(compiled, self.nireq)
+        self.credits = GrantScheduler(settings.name, self.nireq, prefetch, captures)
+        self.capacity = self.credits.capacity
+        if infer_queue is None:
+            import openvino as ov  # the OpenVINO boundary lives here and in stream.model
+
+            infer_queue = ov.AsyncInferQueue(compiled, self.nireq)
+        self.queue: InferQueue = infer_queue
         self.queue.set_callback(self._done)
         # (capture index, seq, message to the sink or None): the sender thread's work.
         self.outbox: queue.SimpleQueue[tuple[int, int, Result | Drop | None] | None] = (
@@ -176,10 +193,15 @@ class Worker:
                 parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            msg = decode_as(Task, [p.buffer for p in parts], self._reject,
-                            "task socket (from a capture)")
+            msg: Task | Ready | None = decode_as(
+                (Task, Ready), [p.buffer for p in parts], self._reject,
+                "task socket (from a capture)")
             if msg is None:
                 continue
+            if isinstance(msg, Ready):
+                self.credits.on_ready(i, msg)
+                continue
+            self.credits.received(i)
             if (msg.height, msg.width) != (h, w):
                 self._reject(f"crop {msg.width}x{msg.height} from {msg.stream} does not match "
                              f"the model input {w}x{h}: are capture and worker using the "
@@ -218,7 +240,7 @@ class Worker:
         for sock in self.captures:
             poller.register(sock, zmq.POLLIN)
         h, w = self.input_hw
-        log.info("worker %s ready: %d infer requests, capacity %d per capture, input %dx%d",
+        log.info("worker %s ready: %d infer requests, holds at most %d tasks, input %dx%d",
                  self.s.name, self.nireq, self.capacity, w, h)
         last_report = time.monotonic()
         try:
@@ -258,6 +280,8 @@ class Worker:
         # Tasks that never started are not "done": the bye tells captures to re-send them.
         self.pending.clear()
         self.credits.bye()
+        if self.credits.ungranted:
+            self.counters["ungranted"] += self.credits.ungranted
         done = self.counters["done"]
         per_frame = (f"; mean request time {self.infer_ms_total / done:.1f} ms; process cpu "
                      f"{1000 * cpu_seconds() / done:.1f} ms/frame") if done else ""

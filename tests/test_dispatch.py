@@ -1,4 +1,4 @@
-"""Both halves of credit-based dispatch over real ROUTER/DEALER sockets (stream/dispatch.py)."""
+"""Both halves of scheduling over real ROUTER/DEALER sockets (stream/dispatch.py, grants.py)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,14 @@ from collections.abc import Iterator
 
 import msgpack
 import pytest
-import zmq
+from fake_worker import ScriptedWorker
 
 from stream import transport
-from stream.dispatch import (
-    HEARTBEAT_S,
-    MAX_CAPACITY,
-    CreditSender,
-    Dispatcher,
-    task_socket,
-    worker_socket,
-)
-from stream.protocol import Credit, Task, decode
+from stream.capture.session import Captured
+from stream.capture.supply import FrameQueue, LatestFrame, Pending
+from stream.dispatch import MAX_CAPACITY, Dispatcher, task_socket, worker_socket
+from stream.grants import GRANT_TIMEOUT_S, GrantScheduler
+from stream.protocol import Credit, Ready, Task, decode, encode
 from stream.transport import Sockets
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,145 +28,241 @@ class Clock:
         return self.t
 
 
-@pytest.fixture
-def link() -> Iterator[tuple[Dispatcher, zmq.Socket[bytes], Clock]]:
-    with Sockets() as sockets:
-        router = task_socket(sockets)
-        port = router.bind_to_random_port("tcp://127.0.0.1")
-        dealer = worker_socket(sockets)
-        dealer.connect(f"tcp://127.0.0.1:{port}")
-        clock = Clock()
-        try:
-            yield Dispatcher(router, worker_timeout_s=5.0, clock=clock), dealer, clock
-        finally:
-            sockets.close(linger_ms=0)
-
-
 def task(seq: int) -> Task:
     return Task("cam1", seq, seq / 25, 1.0 + seq, 2, 2, bytes(12))
 
 
-def wait_for(pred, d: Dispatcher, deadline_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + deadline_s
-    while not pred():
-        assert time.monotonic() < end, "condition not met before the deadline"
-        d.poll(20)
+class Link:
+    """A dispatcher on a real ROUTER with a lossless queue, and a scripted worker."""
+
+    def __init__(self, sockets: Sockets, supply: FrameQueue | LatestFrame) -> None:
+        router = task_socket(sockets)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        dealer = worker_socket(sockets)
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+        self.clock = Clock()
+        self.lost: list[tuple[int, bool]] = []
+        self.d = Dispatcher(router, 5.0, self.clock, supply,
+                            lambda t, resent: self.lost.append((t.seq, resent)))
+        self.w = ScriptedWorker(dealer, "w1", capacity=3)
+        self.supply = supply
+
+    def until(self, pred, what: str) -> None:  # type: ignore[no-untyped-def]
+        end = time.monotonic() + 5
+        while not pred():
+            assert time.monotonic() < end, what
+            self.d.poll(20)
+            self.w.recv(0)
+
+    def join(self) -> None:
+        self.w.hello()
+        self.until(lambda: self.d.workers, "the worker never joined")
 
 
-def recv_task(dealer: zmq.Socket[bytes]) -> Task:
-    assert dealer.poll(5000), "no task arrived"
-    msg = decode(dealer.recv_multipart())
-    assert isinstance(msg, Task)
-    return msg
+@pytest.fixture
+def sockets() -> Iterator[Sockets]:
+    with Sockets() as s:
+        yield s
+        s.close(linger_ms=0)
 
 
-def test_no_worker_no_send(link: tuple[Dispatcher, zmq.Socket[bytes], Clock]) -> None:
-    d, _, _ = link
-    d.poll(0)
-    assert not d.try_send(task(0))
-    assert d.credits == 0
+def test_a_grant_is_answered_with_one_task_or_handed_back(sockets: Sockets) -> None:
+    q = FrameQueue("cam1", size=4)
+    link = Link(sockets, q)
+    link.join()
+    link.w.grant(1)
+    link.until(lambda: link.w.ready, "no answer to a grant with nothing ready")
+    assert link.w.ready[-1] == Ready("cam1", 0, False, declined=1)
+    assert q.put(task(0), 0) and q.put(task(1), 0)
+    link.until(lambda: any(r.frames == 2 for r in link.w.ready), "ready was not announced")
+    link.w.grant(1)
+    link.until(lambda: link.w.tasks, "no task for the grant")
+    assert [t.seq for t in link.w.tasks] == [0] and q.ready() == 1 and link.d.inflight == 1
 
 
-def test_sends_only_within_capacity_and_done_frees_a_slot(
-    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
+def test_live_supply_sends_the_newest_frame_and_returns_the_superseded_ones(
+    sockets: Sockets,
 ) -> None:
-    d, dealer, _ = link
-    transport.send(dealer, Credit("w1", 2))
-    wait_for(lambda: d.credits == 2, d)
-    assert d.try_send(task(0)) and d.try_send(task(1))
-    assert not d.try_send(task(2)), "a third task would exceed the worker's capacity"
-    assert [recv_task(dealer).seq, recv_task(dealer).seq] == [0, 1]
-    assert d.inflight == 2
-    transport.send(dealer, Credit("w1", 2, done=(0,)))
-    wait_for(lambda: d.inflight == 1, d)
-    assert d.try_send(task(2))
-    assert recv_task(dealer).seq == 2
+    def make(p: Pending) -> Task:
+        return task(p.seq)
+
+    latest = LatestFrame("cam1", make)
+    link = Link(sockets, latest)
+    link.join()
+    frame = Captured(bytes(1), 0.0)  # type: ignore[arg-type]
+    superseded = [latest.offer(Pending(seq, 0.0, frame)) for seq in range(10)]
+    assert [p.seq for p in superseded if p is not None] == list(range(9))
+    link.until(lambda: any(r.frames == 1 and r.live for r in link.w.ready), "no ready note")
+    link.w.grant(1)
+    link.until(lambda: link.w.tasks, "no task for the grant")
+    assert [t.seq for t in link.w.tasks] == [9]
 
 
-def test_silent_worker_is_lost_and_its_frames_come_back(
-    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
+def test_silent_worker_is_lost_and_its_frames_are_sent_again(sockets: Sockets) -> None:
+    q = FrameQueue("cam1", size=4)
+    link = Link(sockets, q)
+    link.join()
+    for seq in (0, 1, 2):
+        assert q.put(task(seq), 0)
+    link.w.grant(3)
+    link.until(lambda: len(link.w.tasks) == 3, "tasks did not arrive")
+    link.clock.t += 4.9
+    link.d.poll(0)
+    assert link.lost == [] and len(link.d.workers) == 1
+    link.clock.t += 0.2
+    link.d.poll(0)
+    assert link.lost == [(0, True), (1, True), (2, True)] and link.d.workers == {}
+    assert [q.take().seq for _ in range(3)] == [0, 1, 2]  # type: ignore[union-attr]
+
+
+def test_bye_hands_back_unfinished_frames(sockets: Sockets) -> None:
+    q = FrameQueue("cam1", size=4)
+    link = Link(sockets, q)
+    link.join()
+    assert q.put(task(0), 0) and q.put(task(1), 0)
+    link.w.grant(2)
+    link.until(lambda: len(link.w.tasks) == 2, "tasks did not arrive")
+    link.w.bye(done=(0,))
+    link.until(lambda: not link.d.workers, "bye not heard")
+    assert link.lost == [(1, True)] and link.d.inflight == 0
+
+
+def test_garbage_from_a_worker_is_counted_not_fatal(sockets: Sockets) -> None:
+    link = Link(sockets, FrameQueue("cam1"))
+    link.w.sock.send_multipart([b"\xc1garbage"])
+    link.w.sock.send_multipart([msgpack.packb({"v": 1, "t": "credit", "worker": "old",
+                                               "capacity": 3, "done": [], "bye": False})])
+    transport.send(link.w.sock, task(0))  # a valid message, but not one a worker may send
+    link.until(lambda: link.d.rejected == 3, "garbage not counted")
+    link.join()
+
+
+def test_a_worker_granting_without_limit_gets_at_most_the_cap(sockets: Sockets) -> None:
+    q = FrameQueue("cam1", size=MAX_CAPACITY * 3)
+    link = Link(sockets, q)
+    link.w.capacity = 1 << 20
+    link.join()
+    for seq in range(MAX_CAPACITY * 3):
+        assert q.put(task(seq), 0)
+    for _ in range(4):
+        link.w.grant(1 << 20)
+    link.until(lambda: len(link.w.tasks) >= MAX_CAPACITY, "tasks did not arrive")
+    for _ in range(20):  # anything more would arrive now
+        link.d.poll(10)
+        link.w.recv(10)
+    assert len(link.w.tasks) == MAX_CAPACITY == link.d.inflight
+
+
+def test_credit_v1_from_an_older_build_is_refused_with_both_versions() -> None:
+    from stream.errors import ProtocolError
+    from stream.protocol import decode as dec
+
+    head = msgpack.unpackb(encode(Credit("w", 3, grant=1))[0])
+    assert head["v"] == 2 and head["grant"] == 1
+    with pytest.raises(ProtocolError, match="speaks 2"):
+        dec([msgpack.packb({**head, "v": 1})])
+    assert dec(encode(Ready("cam1", 3, True, 1))) == Ready("cam1", 3, True, 1)
+
+
+# --------------------------------------------------------------------------- worker half
+
+
+class Captures:
+    """``n`` capture ROUTERs, one GrantScheduler on the worker's DEALERs."""
+
+    def __init__(self, sockets: Sockets, n: int, requests: int, prefetch: int) -> None:
+        self.routers = []
+        dealers = []
+        for _ in range(n):
+            r = task_socket(sockets)
+            port = r.bind_to_random_port("tcp://127.0.0.1")
+            d = worker_socket(sockets)
+            d.connect(f"tcp://127.0.0.1:{port}")
+            self.routers.append(r)
+            dealers.append(d)
+        self.clock = Clock()
+        self.g = GrantScheduler("w1", requests, prefetch, dealers, self.clock)
+        self.g.flush()  # heartbeat: every capture learns the worker
+        self.idents = [self._recv(i)[0] for i in range(n)]
+
+    def _recv(self, i: int) -> tuple[bytes, Credit]:
+        assert self.routers[i].poll(5000), f"nothing from the worker on capture {i}"
+        ident, *frames = self.routers[i].recv_multipart()
+        msg = decode(frames)
+        assert isinstance(msg, Credit)
+        return ident, msg
+
+    def grants(self) -> list[int]:
+        """Grants each capture received since the last call."""
+        out = []
+        for r in self.routers:
+            n = 0
+            while r.poll(50):
+                msg = decode(r.recv_multipart()[1:])
+                assert isinstance(msg, Credit)
+                n += msg.grant
+            out.append(n)
+        return out
+
+
+def test_worker_grants_fairly_and_never_holds_more_than_requests_plus_prefetch(
+    sockets: Sockets,
 ) -> None:
-    d, dealer, clock = link
-    transport.send(dealer, Credit("w1", 3))
-    wait_for(lambda: d.credits == 3, d)
-    for seq in (5, 3, 4):
-        assert d.try_send(task(seq))
-    clock.t += 4.9
-    d.poll(0)
-    assert d.take_lost() == [] and len(d.workers) == 1
-    clock.t += 0.2
-    d.poll(0)
-    assert [t.seq for t in d.take_lost()] == [3, 4, 5]  # oldest first
-    assert d.take_lost() == [], "each lost task is handed back once"
-    assert d.workers == {}
+    caps = Captures(sockets, 4, requests=2, prefetch=1)
+    for i in range(4):
+        caps.g.on_ready(i, Ready(f"c{i}", 5, live=False))
+    caps.g.flush()
+    first = caps.grants()
+    assert sum(first) == 3 and max(first) == 1, first  # 3 slots, one each, round robin
+    served = [i for i, n in enumerate(first) if n]
+    for i in served:
+        caps.g.received(i)
+    caps.g.flush()
+    assert caps.grants() == [0, 0, 0, 0], "all slots held: nothing more granted"
+    caps.g.done(served[0], 0)
+    caps.g.flush()
+    again = caps.grants()
+    waiting = ({0, 1, 2, 3} - set(served)).pop()
+    assert again[waiting] == 1 and sum(again) == 1, "the one not served yet goes first"
 
 
-def test_bye_hands_back_unfinished_frames(
-    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
-) -> None:
-    d, dealer, _ = link
-    transport.send(dealer, Credit("w1", 2))
-    wait_for(lambda: d.credits == 2, d)
-    assert d.try_send(task(0)) and d.try_send(task(1))
-    transport.send(dealer, Credit("w1", 0, done=(0,), bye=True))
-    wait_for(lambda: not d.workers, d)
-    assert [t.seq for t in d.take_lost()] == [1]
+def test_live_captures_are_granted_only_when_a_request_is_free(sockets: Sockets) -> None:
+    caps = Captures(sockets, 2, requests=2, prefetch=1)
+    caps.g.on_ready(0, Ready("live", 1, live=True))
+    caps.g.flush()
+    assert caps.grants() == [1, 0]
+    caps.g.received(0)
+    caps.g.on_ready(0, Ready("live", 1, live=True))
+    caps.g.flush()
+    assert caps.grants() == [1, 0]
+    caps.g.received(0)  # both requests busy now
+    caps.g.on_ready(0, Ready("live", 1, live=True))
+    caps.g.on_ready(1, Ready("file", 3, live=False))
+    caps.g.flush()
+    assert caps.grants() == [0, 1], "the prefetch slot is for lossless frames only"
 
 
-def test_garbage_from_a_worker_is_counted_not_fatal(
-    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
-) -> None:
-    d, dealer, _ = link
-    dealer.send_multipart([b"\xc1garbage"])
-    dealer.send_multipart([msgpack.packb({"v": 99, "t": "credit"})])
-    transport.send(dealer, task(0))  # a valid message, but not one a worker may send
-    wait_for(lambda: d.rejected == 3, d)
-    transport.send(dealer, Credit("w1", 1))
-    wait_for(lambda: d.credits == 1, d)
+def test_an_unanswered_grant_expires_and_a_declined_one_comes_back(sockets: Sockets) -> None:
+    caps = Captures(sockets, 2, requests=1, prefetch=0)
+    caps.g.on_ready(0, Ready("a", 1, live=True))
+    caps.g.flush()
+    assert caps.grants() == [1, 0] and caps.g.granted == 1
+    caps.g.on_ready(1, Ready("b", 1, live=True))
+    caps.g.flush()
+    assert caps.grants() == [0, 0], "the only slot is granted to a"
+    caps.g.on_ready(0, Ready("a", 0, live=True, declined=1))  # a had nothing after all
+    caps.g.flush()
+    assert caps.grants() == [0, 1]
+    caps.clock.t += GRANT_TIMEOUT_S + 0.1  # b went away without answering
+    caps.g.on_ready(0, Ready("a", 1, live=True))
+    caps.g.flush()
+    assert caps.grants()[0] == 1 and caps.g.granted == 1
 
 
-def test_a_worker_cannot_claim_more_than_the_capacity_cap(
-    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
-) -> None:
-    d, dealer, _ = link
-    transport.send(dealer, Credit("greedy", 1_000_000))
-    wait_for(lambda: d.workers, d)
-    assert d.credits == MAX_CAPACITY
-    sent = 0
-    while d.try_send(task(sent)):
-        sent += 1
-        assert sent <= MAX_CAPACITY
-    assert sent == MAX_CAPACITY
+def test_bye_is_sent_to_every_capture(sockets: Sockets) -> None:
+    caps = Captures(sockets, 2, requests=1, prefetch=1)
+    caps.g.bye()
+    for i in range(2):
+        _, msg = caps._recv(i)
+        assert msg.bye and msg.capacity == 0 and msg.grant == 0
 
-
-def test_credit_sender_reports_done_seqs_heartbeats_and_bye(
-    link: tuple[Dispatcher, zmq.Socket[bytes], Clock],
-) -> None:
-    """The worker half against the capture half: what one sends the other understands."""
-    d, dealer, capture_clock = link
-    clock = Clock()
-    credits = CreditSender("w1", 3, [dealer], clock=clock)
-    credits.flush()  # the first call is a heartbeat: the capture learns the capacity
-    wait_for(lambda: d.credits == 3, d)
-    for seq in range(3):
-        assert d.try_send(task(seq))
-        recv_task(dealer)
-    assert d.credits == 0
-    credits.done(0, 1)
-    credits.flush()  # not a heartbeat yet, but a finished seq goes out at once
-    wait_for(lambda: d.inflight == 2, d)
-    (state,) = d.workers.values()
-    seen = state.last_seen
-    capture_clock.t += 1.0
-    clock.t += HEARTBEAT_S / 2
-    credits.flush()  # nothing finished, no heartbeat due: nothing sent
-    d.poll(200)
-    assert state.last_seen == seen, "a credit went out before the heartbeat was due"
-    credits.done(0, 2)  # ... until a seq finishes
-    clock.t += HEARTBEAT_S / 2
-    credits.flush()
-    wait_for(lambda: d.inflight == 1, d)
-    assert state.last_seen == seen + 1.0
-    credits.bye()
-    wait_for(lambda: not d.workers, d)
-    assert [t.seq for t in d.take_lost()] == [0]

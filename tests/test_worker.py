@@ -1,8 +1,9 @@
-"""A real worker (OpenVINO, the colour-oracle IR) between a capture's Dispatcher and a sink.
+"""A real worker (OpenVINO, the colour-oracle IR) between a hand-played capture and a sink.
 
-The test plays both neighbours with real sockets: the capture half of the credit protocol
-(:class:`~stream.dispatch.Dispatcher` on the frames endpoint) and the sink (a PULL on the
-sink endpoint). What the worker returns is checked against the colours this test painted.
+The test plays both neighbours with real sockets: the capture half of scheduling, by hand
+(a ROUTER on the frames endpoint: ``ready``, then one task per granted slot) and the sink
+(a PULL on the sink endpoint). What the worker returns is checked against the colours this
+test painted; what it granted, against what it may hold.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import zmq
 from conftest import ORACLE_COLOURS, find_free_port_base, write_config
 
 from stream.config import load_config
-from stream.dispatch import Dispatcher, task_socket
-from stream.protocol import Drop, Result, Task, decode
+from stream.dispatch import task_socket
+from stream.protocol import Credit, Drop, Ready, Result, Task, decode, encode
 from stream.transport import Sockets
 from stream.worker import run_worker
 
@@ -39,47 +40,57 @@ def test_worker_labels_tasks_frees_credits_and_says_bye(
         sockets.bind(tasks, f"tcp://127.0.0.1:{base + 2}", "frames")
         sink = sockets.socket(zmq.PULL, linger_ms=0)
         sockets.bind(sink, f"tcp://127.0.0.1:{base + 1}", "sink")
-        dispatcher = Dispatcher(tasks)
         worker = threading.Thread(target=lambda: codes.append(run_worker(cfg, stop, None, "w1")))
         worker.start()
         try:
             deadline = time.monotonic() + 60
-            while not dispatcher.workers:
-                assert time.monotonic() < deadline and worker.is_alive(), "worker never joined"
-                dispatcher.poll(50)
-            (state,) = dispatcher.workers.values()
-            assert state.name == "w1" and 1 <= state.capacity <= 64
+            assert tasks.poll(60_000), "worker never joined"
+            ident, *frames = tasks.recv_multipart()
+            hello = decode(frames)
+            assert isinstance(hello, Credit) and hello.worker == "w1"
+            assert 2 <= hello.capacity <= 65 and hello.grant == 0
             classes = [2, 3, 4, 1, 0, 5, 6, 7, 2, 3, 4, 1]
+            # the capture's side by hand: "12 frames ready", then one task per granted slot
+            tasks.send_multipart([ident, *encode(Ready("cam", len(classes), False))])
             results: dict[int, Result] = {}
-            sent = 0
-            while len(results) < len(classes):
+            sent = granted = 0
+            done: set[int] = set()
+            while len(results) < len(classes) or len(done) < len(classes):
                 assert time.monotonic() < deadline, f"only {len(results)} results"
-                dispatcher.poll(10)
-                if sent < len(classes):
-                    crop = np.full((224, 224, 3), ORACLE_COLOURS[classes[sent]], np.uint8)
-                    if dispatcher.try_send(Task("cam", sent, sent / 25, 1.0, 224, 224,
-                                                crop.tobytes())):
+                if tasks.poll(10):
+                    _, *frames = tasks.recv_multipart()
+                    credit = decode(frames)
+                    assert isinstance(credit, Credit)
+                    granted += credit.grant
+                    done.update(credit.done)
+                    # never more granted than it may hold: requests + prefetch, all captures
+                    assert granted - len(done) <= hello.capacity
+                    while sent < granted and sent < len(classes):
+                        crop = np.full((224, 224, 3), ORACLE_COLOURS[classes[sent]], np.uint8)
+                        task = Task("cam", sent, sent / 25, 1.0, 224, 224, crop.tobytes())
+                        tasks.send_multipart([ident, *encode(task)])
                         sent += 1
-                if sink.poll(10):
+                if sink.poll(0):
                     msg = decode(sink.recv_multipart())
                     assert isinstance(msg, Result), msg
                     results[msg.seq] = msg
             assert [results[i].ids[0] for i in range(len(classes))] == classes
-            # every finished seq is reported done: nothing stays in flight
-            while dispatcher.inflight:
-                assert time.monotonic() < deadline, "done seqs never came back"
-                dispatcher.poll(50)
+            assert done == set(range(len(classes))), "every finished seq is reported done"
             # a crop of the wrong size is a named drop, not a crash
-            assert dispatcher.try_send(Task("cam", 99, None, 1.0, 8, 8, bytes(8 * 8 * 3)))
+            bad = Task("cam", 99, None, 1.0, 8, 8, bytes(8 * 8 * 3))
+            tasks.send_multipart([ident, *encode(bad)])
             assert sink.poll(10_000)
-            bad = decode(sink.recv_multipart())
-            assert isinstance(bad, Drop) and (bad.seq, bad.reason) == (99, "bad_input")
+            dropped = decode(sink.recv_multipart())
+            assert isinstance(dropped, Drop) and (dropped.seq, dropped.reason) == (99, "bad_input")
         finally:
             stop.set()
             worker.join(30)
         assert not worker.is_alive() and codes == [0]
         deadline = time.monotonic() + 10
-        while dispatcher.workers:  # the bye arrives after stop
+        while True:  # the bye arrives after stop
             assert time.monotonic() < deadline, "no bye from the stopped worker"
-            dispatcher.poll(50)
+            if tasks.poll(50):
+                credit = decode(tasks.recv_multipart()[1:])
+                if isinstance(credit, Credit) and credit.bye:
+                    break
         sockets.close(linger_ms=0)

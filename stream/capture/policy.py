@@ -1,10 +1,12 @@
 """Back-pressure as a named policy (STYLE.md habit 6): what a capture does when no one can take.
 
-    wait  (default for files/folders)  lossless: wait until a worker has room, wait for
-                                       room on the sink links; frames held by a worker that
-                                       dies are re-sent to another one (``resent``).
-    drop  (default for cameras/RTSP)   never wait (invariant 3): no worker credit → the
-                                       frame is dropped as ``busy`` before it is cropped; a
+    wait  (default for files/folders)  lossless: wait until the short queue of ready
+                                       frames has room (workers take them when they grant
+                                       a slot), wait for room on the sink links; frames held
+                                       by a worker that dies are re-sent (``resent``).
+    drop  (default for cameras/RTSP)   never wait (invariant 3): only the newest frame waits
+                                       for a worker's grant; a newer one supersedes it and
+                                       the old one is dropped as ``busy`` (never cropped); a
                                        frame more than the staleness budget behind the
                                        camera → ``stale``; frames of a dead worker →
                                        ``worker_lost``; a full frame the video link cannot
@@ -19,7 +21,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Protocol
 
-from stream.protocol import Task
+from stream.capture.supply import FrameQueue, LatestFrame, Pending
 
 if TYPE_CHECKING:
     from stream.capture.router import Router
@@ -39,63 +41,72 @@ class BackPressure(Protocol):
     drain_timeout_s: float | None
     """How long the end of the stream waits for workers to finish (None: until done)."""
 
+    def supply(self, router: Router) -> LatestFrame | FrameQueue:
+        """The holder of this capture's ready frames (see :mod:`stream.capture.supply`)."""
+
     def refuse(self, router: Router, stale: bool) -> str | None:
-        """Why to drop a frame before it is even cropped (None: process it)."""
+        """Why to drop a frame before it is even offered to workers (None: offer it)."""
 
-    def dispatch(self, router: Router, task: Task) -> bool:
-        """Hand ``task`` to a worker; False if it was not sent."""
-
-    def lost(self, router: Router, task: Task) -> None:
-        """A worker died or left holding ``task``."""
+    def dispatch(self, router: Router, pending: Pending) -> bool:
+        """Make ``pending`` ready for the next worker's grant; False if it never will be."""
 
 
 class WaitPolicy:
-    """Lossless: wait for workers and for the sink; re-send what a lost worker held."""
+    """Lossless: wait for room among the ready frames and on the sink; re-send lost frames."""
 
     name = "wait"
     send_timeout_s: float | None = None
     drain_timeout_s: float | None = None
 
+    def supply(self, router: Router) -> FrameQueue:
+        return FrameQueue(router.s.stream)
+
     def refuse(self, router: Router, stale: bool) -> str | None:
         return None
 
-    def dispatch(self, router: Router, task: Task) -> bool:
-        waited_since = last_note = time.monotonic()
-        while not router.stop.is_set():
-            router.pump(0)
-            if router.resend_lost() and router.dispatcher.try_send(task):
-                return True
-            router.pump(100)
-            if time.monotonic() - last_note > NO_WORKER_NOTE_S:
-                last_note = time.monotonic()
-                log.warning("%s: no worker has taken a frame for %.0f s (workers known: %d); "
-                            "is a worker running and connected to this capture?",
-                            router.s.stream, last_note - waited_since,
-                            len(router.dispatcher.workers))
-        return False
-
-    def lost(self, router: Router, task: Task) -> None:
-        router.counters["resent"] += 1
-        router.retry.append(task)
+    def dispatch(self, router: Router, pending: Pending) -> bool:
+        task = router.make_task(pending)  # crop now: every frame of a file is labelled
+        queue = router.frames
+        assert isinstance(queue, FrameQueue)
+        t0 = waited_since = last_note = time.monotonic()
+        try:
+            while not router.stop.is_set():
+                if queue.put(task, 0.1):
+                    router.dispatch.wake()
+                    return True
+                router.pump()
+                if time.monotonic() - last_note > NO_WORKER_NOTE_S:
+                    last_note = time.monotonic()
+                    log.warning("%s: no worker has taken a frame for %.0f s (workers known: "
+                                "%d); is a worker running and connected to this capture?",
+                                router.s.stream, last_note - waited_since,
+                                len(router.dispatcher.workers))
+            return False
+        finally:
+            router.timing["wait_workers"] += time.monotonic() - t0
 
 
 class DropPolicy:
-    """Live: never wait; every frame that cannot go on is dropped with a named reason."""
+    """Live: never wait; only the newest frame waits for a worker, older ones are dropped."""
 
     name = "drop"
     send_timeout_s: float | None = 0.0
     drain_timeout_s: float | None = 2.0
 
+    def supply(self, router: Router) -> LatestFrame:
+        return LatestFrame(router.s.stream, router.make_task)
+
     def refuse(self, router: Router, stale: bool) -> str | None:
-        if stale:
-            return "stale"
-        return "busy" if router.dispatcher.credits == 0 else None
+        return "stale" if stale else None
 
-    def dispatch(self, router: Router, task: Task) -> bool:
-        return router.dispatcher.try_send(task)
-
-    def lost(self, router: Router, task: Task) -> None:
-        router.drop(task.seq, task.pts, task.ts, "worker_lost")
+    def dispatch(self, router: Router, pending: Pending) -> bool:
+        latest = router.frames
+        assert isinstance(latest, LatestFrame)
+        old = latest.offer(pending)
+        router.dispatch.wake()
+        if old is not None:  # superseded before any worker asked for it
+            router.drop(old.seq, old.item.pts, old.ts, "busy")
+        return True
 
 
 POLICIES: dict[str, BackPressure] = {"wait": WaitPolicy(), "drop": DropPolicy()}

@@ -1,13 +1,18 @@
 """Where each captured frame goes: the crop to a worker, the frame to the sink, or a drop.
 
 Per frame: stamp (stream, seq, pts, wall ts) → ask the back-pressure policy
-(:mod:`stream.capture.policy`) whether to drop it at once (``busy``, ``stale``) → crop to
-the model input with the accuracy preprocessing → ``task`` to a worker through the credit
-:class:`~stream.dispatch.Dispatcher` → exactly one ``Frame`` for the sink: the full image on
-the video link when the sink writes video and the link takes it, else a stamp on the control
-link (``video_busy`` when a live source could not queue the full frame) → a ``Drop`` naming
-why, when the task did not go out. Crops are ~150 KB, so worker links stay light, and the
-full frame goes straight to the sink, so a dead worker costs a label, never an output frame.
+(:mod:`stream.capture.policy`) whether to drop it at once (``stale``) → make it ready for
+workers (:mod:`stream.capture.supply`: a live source keeps only its newest frame, the one it
+supersedes is dropped as ``busy``; a file waits for room in a short queue) → exactly one
+``Frame`` for the sink: the full image on the video link when the sink writes video and the
+link takes it, else a stamp on the control link (``video_busy`` when a live source could not
+queue the full frame) → a ``Drop`` naming why, for every frame that will get no label.
+
+Workers ask for frames (:mod:`stream.dispatch`): the :class:`~stream.capture.supply.
+DispatchThread` answers each granted slot at once with the ready frame, cropped to the model
+input with the accuracy preprocessing (live frames only then, so a frame nobody takes costs
+no crop). Crops are ~150 KB, so worker links stay light, and the full frame goes straight to
+the sink, so a dead worker costs a label, never an output frame.
 
 The stream always ends with a status ``ended`` and an ``eos`` carrying the number of seqs
 issued (the capture's own count), sent with their own deadline whatever the stop flag, so
@@ -19,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +32,7 @@ import numpy as np
 from stream.capture.links import Link
 from stream.capture.policy import policy_for
 from stream.capture.session import Captured, CaptureSettings
+from stream.capture.supply import DispatchThread, Pending
 from stream.config.redact import redact_url
 from stream.dispatch import Dispatcher
 from stream.preprocess import CropPlan, center_crop_resize, plan_crop
@@ -44,7 +50,9 @@ STOP_DRAIN_S = 2.0
 class Router:
     """Sends one capture's messages: tasks to workers, frames/drops/status/eos to the sink.
 
-    It is also the session's :class:`~stream.capture.session.SessionEvents` listener.
+    It is also the session's :class:`~stream.capture.session.SessionEvents` listener. The
+    ``dispatcher`` (its task socket) belongs to the dispatch thread from the first frame to
+    the end of :meth:`drain`.
     """
 
     def __init__(
@@ -66,7 +74,9 @@ class Router:
         self.counters = counters
         self.clock = clock
         self.seq = 0  # seqs issued so far: the count eos carries
-        self.retry: deque[Task] = deque()  # tasks of lost workers, to re-send (wait policy)
+        self.frames = self.policy.supply(self)  # frames ready for workers' grants
+        dispatcher.supply = self.frames
+        self.dispatch = DispatchThread(dispatcher, f"dispatch-{settings.stream}")
         self.shown_url = redact_url(settings.url)
         self._plan: CropPlan | None = None
         # Seconds spent per stage (source = decode + pacing), reported at the end.
@@ -99,32 +109,43 @@ class Router:
             self.timing["source"] += t0 - self._t_end  # decode (and pacing) of this frame
         seq, ts = self.seq, self.clock()
         self.seq += 1
-        self.pump(0)
+        if not self.dispatch.started:
+            self.dispatch.start()
+        if self.dispatch.error is not None:  # the capture ends the stream as an error
+            raise RuntimeError(f"the dispatch thread failed: {self.dispatch.error!r}")
+        self.pump()
         why = self.policy.refuse(self, item.stale)
+        sent = False
+        if why is None:
+            # Live: the newest frame waits for a grant (the older one is dropped as busy);
+            # files: cropped now, waits for room among the ready frames.
+            sent = self.policy.dispatch(self, Pending(seq, ts, item))
+            if not sent:
+                why = "shutdown" if self.stop.is_set() else "busy"
+        t1 = time.perf_counter()
+        self._send_frame(seq, ts, item)
         if why is not None:
-            # Decided before the (costly) crop: a frame no worker can take now, or one
-            # that is already older than the staleness budget.
-            self._send_frame(seq, ts, item)
             self.drop(seq, item.pts, ts, why)
-            self._t_end = time.perf_counter()
-            return
+        self._t_end = time.perf_counter()
+        self.timing["to_sink"] += self._t_end - t1
+
+    def make_task(self, pending: Pending) -> Task:
+        """Crop a frame to the model input (accuracy preprocessing) as a worker's task.
+
+        Called on the main thread for lossless sources, on the dispatch thread for live
+        ones (only for the frames a worker asked for).
+        """
+        t0 = time.perf_counter()
+        item = pending.item
         h, w = item.frame.shape[:2]
         plan = self._plan
         if plan is None or (w, h) != (plan.src_w, plan.src_h):
             plan = self._plan = plan_crop(w, h, *self.s.input_size)
         crop = center_crop_resize(item.frame, (plan.out_w, plan.out_h), plan)
-        task = Task(self.s.stream, seq, item.pts, ts, crop.shape[0], crop.shape[1],
-                    crop.tobytes())
-        t1 = time.perf_counter()
-        sent = self.policy.dispatch(self, task)
-        t2 = time.perf_counter()
-        self._send_frame(seq, ts, item)
-        if not sent:
-            self.drop(seq, item.pts, ts, "shutdown" if self.stop.is_set() else "busy")
-        self._t_end = time.perf_counter()
-        self.timing["preprocess"] += t1 - t0
-        self.timing["wait_workers"] += t2 - t1
-        self.timing["to_sink"] += self._t_end - t2
+        task = Task(self.s.stream, pending.seq, item.pts, pending.ts, crop.shape[0],
+                    crop.shape[1], crop.tobytes())
+        self.timing["preprocess"] += time.perf_counter() - t0
+        return task
 
     def _send_frame(self, seq: int, ts: float, item: Captured) -> None:
         """Exactly one ``Frame`` per seq: full on the video link, or a stamp on control."""
@@ -148,41 +169,47 @@ class Router:
 
     # -- workers -----------------------------------------------------------------------
 
-    def pump(self, timeout_ms: int) -> None:
-        """Take in credits (waiting up to ``timeout_ms``) and hand lost tasks to the policy."""
-        self.dispatcher.poll(timeout_ms)
-        for task in self.dispatcher.take_lost():
-            self.policy.lost(self, task)
-
-    def resend_lost(self) -> bool:
-        """Re-send what lost workers held, oldest first; True when none is left waiting."""
-        while self.retry:
-            if not self.dispatcher.try_send(self.retry[0]):
-                return False
-            self.retry.popleft()
-        return True
+    def pump(self) -> None:
+        """Account for what the dispatch thread handed back: frames of lost workers are
+        dropped as ``worker_lost`` (live) or counted ``resent`` (being sent again)."""
+        for task, resent in self.dispatch.take_lost():
+            if resent:
+                self.counters["resent"] += 1
+            else:
+                self.drop(task.seq, task.pts, task.ts, "worker_lost")
 
     def drain(self, timeout_s: float | None) -> None:
         """At the end of a stream: wait until workers finished (or lost) every frame.
 
         Bounded by ``timeout_s`` and, once stop is set (also before the call), by
-        :data:`STOP_DRAIN_S`; what is still waiting to be re-sent then is dropped as
-        ``shutdown``.
+        :data:`STOP_DRAIN_S`. A live frame no worker took is dropped as ``busy``; a
+        lossless one still unsent at the deadline as ``shutdown``. Stops the dispatch
+        thread.
         """
+        if self.frames.live:
+            self._drop_unsent("busy")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         stop_deadline: float | None = None
-        while self.dispatcher.inflight or self.retry:
+        while self.dispatch.started and not self.dispatch.idle():
             now = time.monotonic()
             if stop_deadline is None and self.stop.is_set():
                 stop_deadline = now + STOP_DRAIN_S
                 deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
             if deadline is not None and now >= deadline:
                 break
-            self.pump(100)
-            self.resend_lost()
-        while self.retry:
-            task = self.retry.popleft()
-            self.drop(task.seq, task.pts, task.ts, "shutdown")
+            self.dispatch.changed.wait(0.1)
+            self.dispatch.changed.clear()
+            self.pump()
+        self.dispatch.close()
+        self.pump()
+        self._drop_unsent("busy" if self.frames.live else "shutdown")
+
+    def _drop_unsent(self, why: str) -> None:
+        for left in self.frames.clear():
+            if isinstance(left, Pending):
+                self.drop(left.seq, left.item.pts, left.ts, why)
+            else:
+                self.drop(left.seq, left.pts, left.ts, why)
 
     # -- the end -----------------------------------------------------------------------
 

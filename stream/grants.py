@@ -1,0 +1,132 @@
+"""The worker half of scheduling: credits per WORKER, granted one slot at a time, fairly.
+
+A worker has ``requests`` infer requests and may hold ``requests + prefetch`` tasks in all,
+whatever the number of captures it serves (the capture half, and the conversation, are in
+:mod:`stream.dispatch`). :class:`GrantScheduler` keeps, per capture: how many frames it
+said it has ready (``ready``), whether it is live, the grants it has not answered yet, and
+when it was last granted a slot. Whenever a slot is free it grants ONE slot to the ready
+capture served least recently (round robin among those waiting), so streams share the
+worker evenly whatever their number. A LIVE capture is granted only when an infer request
+is free (held + granted < requests): its frame is picked at that moment, the newest, and
+never waits in the worker behind another. A lossless capture (files) may also fill the
+prefetch slots, so the requests never idle between two frames of a file.
+
+A grant unanswered for :data:`GRANT_TIMEOUT_S` (the capture went away) is forgotten, so
+its slot comes back. A task that arrives without a grant (a late answer, a confused peer) is
+still run (the frame is real) and counted ``ungranted``; it takes a slot like any other.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import zmq
+
+from stream import transport
+from stream.dispatch import HEARTBEAT_S
+from stream.protocol import Credit, Ready
+from stream.transport import Socket
+
+GRANT_TIMEOUT_S = 2.0
+"""A capture answers a grant within milliseconds; one silent this long is gone."""
+
+
+class GrantScheduler:
+    """Grants, done seqs and heartbeats of one worker towards every capture (index ``i``).
+
+    One instance per worker, one DEALER socket per capture. Only the thread that owns the
+    sockets may call it. The worker tells it when a task arrives (:meth:`received`) and
+    when one finished (:meth:`done`); :meth:`flush` sends what is due.
+    """
+
+    def __init__(self, name: str, requests: int, prefetch: int, socks: Sequence[Socket],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self.requests = max(1, requests)
+        self.capacity = self.requests + max(0, prefetch)
+        self.socks = list(socks)
+        self.clock = clock
+        n = len(self.socks)
+        self.held = 0
+        """Tasks received and not finished (queued or running)."""
+        self.ungranted = 0
+        self._ready = [0] * n
+        self._live = [False] * n
+        self._grants: list[deque[float]] = [deque() for _ in range(n)]
+        self._last_grant = [float("-inf")] * n
+        self._done: list[list[int]] = [[] for _ in range(n)]
+        self._last_beat: float | None = None
+
+    @property
+    def granted(self) -> int:
+        """Slots granted and not answered yet."""
+        return sum(len(g) for g in self._grants)
+
+    def on_ready(self, i: int, msg: Ready) -> None:
+        """Capture ``i`` says how many frames it has ready (and hands back grants)."""
+        self._ready[i] = msg.frames
+        self._live[i] = msg.live
+        for _ in range(min(msg.declined, len(self._grants[i]))):
+            self._grants[i].popleft()
+
+    def received(self, i: int) -> None:
+        """A task from capture ``i`` arrived (it now holds a slot until :meth:`done`)."""
+        self.held += 1
+        if self._grants[i]:
+            self._grants[i].popleft()
+        else:
+            self.ungranted += 1
+
+    def done(self, i: int, seq: int) -> None:
+        """Task ``seq`` of capture ``i`` is finished (result or named drop sent)."""
+        self.held = max(0, self.held - 1)
+        self._done[i].append(seq)
+
+    def flush(self) -> None:
+        """Grant every free slot, report finished seqs, heartbeat everyone when due."""
+        now = self.clock()
+        for g in self._grants:
+            while g and now - g[0] > GRANT_TIMEOUT_S:
+                g.popleft()
+        while (i := self._pick()) is not None:
+            if not self._send(i, grant=1):
+                self._ready[i] = 0  # its link is full: try it again when it says ready
+                continue
+            self._grants[i].append(now)
+            self._ready[i] -= 1
+            self._last_grant[i] = now
+        beat = self._last_beat is None or now - self._last_beat >= HEARTBEAT_S
+        if beat:
+            self._last_beat = now
+        for i in range(len(self.socks)):
+            if beat or self._done[i]:
+                self._send(i)
+
+    def _pick(self) -> int | None:
+        """The ready capture served least recently that may take a slot now, if any."""
+        used = self.held + self.granted
+        best: int | None = None
+        for i, ready in enumerate(self._ready):
+            limit = self.requests if self._live[i] else self.capacity
+            if ready > 0 and used < limit and (
+                    best is None or self._last_grant[i] < self._last_grant[best]):
+                best = i
+        return best
+
+    def bye(self) -> None:
+        """A clean exit: ``bye``; what was not reported done is re-sent by the captures."""
+        for i in range(len(self.socks)):
+            self._send(i, bye=True)
+
+    def _send(self, i: int, grant: int = 0, bye: bool = False) -> bool:
+        done, self._done[i] = self._done[i], []
+        msg = Credit(self.name, 0 if bye else self.capacity, tuple(done), bye,
+                     0 if bye else grant)
+        try:
+            transport.send(self.socks[i], msg, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            self._done[i] = done + self._done[i]  # try again with the next flush
+            return False
