@@ -284,7 +284,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         cfg = config_from_dict(data, "--http")
     stop = _role_stop(args)
     with heartbeat("sink", "sink"):
-        return run_sink(cfg, stop, run_forever=args.forever)
+        return run_sink(cfg, stop, run_forever=args.forever, name=args.name)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -296,6 +296,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stream.bench import add_bench_parser
     from stream.events import add_subscribe_parser
     from stream.events.proxy import add_proxy_parser
     from stream.health import add_health_parser
@@ -378,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     sk.add_argument("config", help="deployment YAML, or - to read it from stdin")
     sk.add_argument("--forever", action="store_true",
                     help="keep running when the configured streams end")
+    sk.add_argument("--name", metavar="NAME",
+                    help="which of the config's sinks[] to run (they split the streams)")
     sk.add_argument("--http", metavar="HOST:PORT",
                     help="serve the web view, MJPEG, /api/streams, /healthz and /metrics "
                          "here (default: the config's sink.http, else off); off = none. "
@@ -395,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_proxy_parser(sub)
     add_keys_parser(sub)
     add_model_parser(sub)
+    add_bench_parser(sub)
     add_health_parser(sub)
     return parser
 

@@ -1,0 +1,210 @@
+"""PURE: the arithmetic of `stream bench`: role logs and summary rows in, ratios and lines out.
+
+Every figure is a ratio to its yardstick measured in the same run on the same machine
+(DESIGN.md: machines differ, so only ratios within one run compare):
+
+- pipeline labels/s on a file vs. the raw model at the THROUGHPUT hint;
+- a live source's labels/s vs. the raw model at the LATENCY hint, and its label latency
+  (p50/p99, seen by a subscriber) vs. that hint's median request latency;
+- the framework tax: the pipeline with a trivial IR vs. OpenCV decoding the same clip.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# "HH:MM:SS role[pid] LEVEL message" (stream.runtime.setup_logging)
+_LOG_LINE = re.compile(r"^\S+ (?P<role>[\w.-]+)\[\d+\] \w+ (?P<msg>.*)$")
+_CPU = re.compile(r"process cpu (?P<ms>\d+(?:\.\d+)?) ms/frame")
+_STAGES = re.compile(r"stage ms/frame: (?P<stages>[^;]*)")
+_PRECISION = re.compile(r"inference precision (?:<Type: ')?(?P<p>[\w]+)")
+_HINT = re.compile(r"model\.hint auto -> (?P<h>[A-Z_]+)")
+
+
+@dataclass(frozen=True)
+class Raw:
+    """The model alone, as ``benchmark_app`` measures it (``tool`` says which ran)."""
+
+    hint: str
+    fps: float
+    median_ms: float
+    precision: str
+    tool: str
+
+
+@dataclass(frozen=True)
+class Run:
+    """One ``stream run`` of the bench: what the sink's table and the roles' logs said."""
+
+    name: str
+    labelled: int
+    frames: int
+    fps: float  # labelled frames per second
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # role -> CPU ms per frame
+    stages: str = ""  # the capture's "stage ms/frame" breakdown
+    precision: str = ""  # what the worker's compiled model runs at (its log line)
+    hint: str = ""  # the hint model.hint auto resolved to (the worker's log line)
+    p50_ms: float | None = None  # label latency seen by a subscriber (live runs)
+    p99_ms: float | None = None
+
+
+def worker_settings(stderr: str) -> tuple[str, str]:
+    """(inference precision, hint ``auto`` resolved to) from the worker's log lines."""
+    p = _PRECISION.search(stderr)
+    h = _HINT.search(stderr)
+    return (p["p"] if p else "", h["h"] if h else "")
+
+
+def role_cpu(stderr: str) -> tuple[dict[str, float], str]:
+    """CPU milliseconds per frame of each role, from the lines the roles log at exit.
+
+    Roles log ``process cpu X ms/frame`` (capture, worker, sink) over the frames each
+    handled; several processes of one role (two workers) are kept apart as ``worker``,
+    ``worker#2``, ... Returns ``({role: ms}, the capture's stage breakdown)``.
+    """
+    cpu: dict[str, float] = {}
+    stages = ""
+    for line in stderr.splitlines():
+        m = _LOG_LINE.match(line.strip())
+        if m is None:
+            continue
+        c = _CPU.search(m["msg"])
+        if c is not None:
+            role, n = m["role"], 2
+            while role in cpu:
+                role, n = f"{m['role']}#{n}", n + 1
+            cpu[role] = float(c["ms"])
+        s = _STAGES.search(m["msg"])
+        if s is not None:
+            stages = s["stages"].strip()
+    return cpu, stages
+
+
+@dataclass(frozen=True)
+class Row:
+    """A stream's row of the sink's summary table (stream.sink.report.HEAD)."""
+
+    captured: int | None
+    labelled: int
+    dropped: int
+    fps: float
+
+
+def summary_row(stdout: str, stream: str) -> Row | None:
+    """The row of ``stream`` in the sink's summary table, or None if there is none."""
+    lines = stdout.splitlines()
+    head = next((i for i, ln in enumerate(lines) if ln.split()[:2] == ["stream", "captured"]),
+                None)
+    if head is None:
+        return None
+    for line in lines[head + 1:]:
+        cols = line.split()
+        if len(cols) >= 6 and cols[0] == stream:
+            try:
+                captured = None if cols[1] == "?" else int(cols[1])
+                return Row(captured, int(cols[2]), int(cols[3]), float(cols[5]))
+            except ValueError:
+                return None
+    return None
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (linear interpolation, as numpy's default); None if empty."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    """``"0.93x"``, or ``"n/a"`` when either side is missing or the base is zero."""
+    if value is None or base is None or base <= 0:
+        return "n/a"
+    return f"{value / base:.2f}x"
+
+
+def live_ceiling(raw_latency: Raw | None, source_fps: float) -> tuple[float | None, str]:
+    """A live source's yardstick: the model's LATENCY frames/s, or the source's own fps
+    when the camera is the slower of the two (no pipeline labels more than it sends)."""
+    if raw_latency is None:
+        return None, "raw LATENCY (not measured)"
+    if source_fps < raw_latency.fps:
+        return source_fps, f"the source's {source_fps:g} fps (< raw LATENCY)"
+    return raw_latency.fps, "raw LATENCY"
+
+
+def _settings(run: Run) -> str:
+    parts = [f"hint {run.hint}" if run.hint else "", run.precision]
+    return "".join(f", {p}" for p in parts if p)
+
+
+def _cpu_text(run: Run) -> str:
+    if not run.cpu_ms:
+        return "CPU per frame: not logged"
+    return "CPU ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in run.cpu_ms.items())
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything one `stream bench` measured; :func:`render` turns it into lines."""
+
+    model: str
+    clip: str
+    raw_throughput: Raw
+    raw_latency: Raw | None = None
+    labels_only: Run | None = None
+    with_video: Run | None = None
+    live: Run | None = None
+    decode_fps: float | None = None
+    source_fps: float = 25.0  # the clip's frame rate: a live source's own ceiling
+    tax_labels: Run | None = None
+    tax_video: Run | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def render(r: Report) -> list[str]:
+    """The printed report: one line per figure, its ratio to its yardstick, then CPU."""
+    t = r.raw_throughput
+    out = [f"model {r.model}; clip {r.clip}",
+           f"raw model ({t.tool}), precision {t.precision}:",
+           f"  THROUGHPUT hint: {t.fps:.2f} frames/s, median request {t.median_ms:.1f} ms"]
+    if r.raw_latency is not None:
+        lt = r.raw_latency
+        out.append(f"  LATENCY hint:    {lt.fps:.2f} frames/s, median request "
+                   f"{lt.median_ms:.1f} ms")
+    out.append("pipeline (stream run), each figure / its yardstick:")
+    for run in (r.labels_only, r.with_video):
+        if run is not None:
+            out.append(f"  {run.name:<22} {run.fps:7.2f} labels/s = {ratio(run.fps, t.fps)} "
+                       f"raw THROUGHPUT ({run.labelled}/{run.frames} labelled"
+                       f"{_settings(run)})")
+            out.append(f"      {_cpu_text(run)}" + (f"; capture stages: {run.stages}"
+                                                      if run.stages else ""))
+    if r.live is not None:
+        lv, base = r.live, r.raw_latency
+        ceiling, what = live_ceiling(base, r.source_fps)
+        out.append(f"  {lv.name:<22} {lv.fps:7.2f} labels/s = {ratio(lv.fps, ceiling)} "
+                   f"{what} ({lv.labelled}/{lv.frames} labelled{_settings(lv)})")
+        med = base.median_ms if base else None
+        p50 = f"{lv.p50_ms:.0f}" if lv.p50_ms is not None else "n/a"
+        p99 = f"{lv.p99_ms:.0f}" if lv.p99_ms is not None else "n/a"
+        out.append(f"      label latency p50 {p50} ms = {ratio(lv.p50_ms, med)}, p99 {p99} ms "
+                   f"= {ratio(lv.p99_ms, med)} the LATENCY median request")
+        out.append(f"      {_cpu_text(lv)}")
+    if r.decode_fps is not None:
+        out.append(f"framework tax (trivial IR: global average pool + one matmul), "
+                   f"/ OpenCV decode-only {r.decode_fps:.1f} frames/s:")
+        for run in (r.tax_labels, r.tax_video):
+            if run is not None:
+                out.append(f"  {run.name:<22} {run.fps:7.2f} labels/s = "
+                           f"{ratio(run.fps, r.decode_fps)} decode-only "
+                           f"({run.labelled}/{run.frames} labelled)")
+                out.append(f"      {_cpu_text(run)}" + (f"; capture stages: {run.stages}"
+                                                          if run.stages else ""))
+    out.extend(f"note: {n}" for n in r.notes)
+    return out

@@ -1,0 +1,255 @@
+"""The measurements of `stream bench`: each one real, on this machine (the I/O half).
+
+- :func:`raw_model`: the IR alone at a hint: ``benchmark_app`` when it is on PATH (the
+  yardstick OpenVINO users know), else the same loop in OpenVINO's Python API (an
+  ``AsyncInferQueue`` at the device's optimal number of requests, u8 input as the worker
+  feeds it);
+- :func:`decode_fps`: OpenCV decoding the clip and nothing else;
+- :func:`pipeline`: ``stream run`` as a subprocess on a generated clip (a file, or the same
+  file paced in real time like a camera), label events timed by a subscriber;
+- :func:`make_clip` and :func:`trivial_ir`: the inputs, generated on the spot.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.bench.figures import Raw, Run, percentile, role_cpu, summary_row, worker_settings
+from stream.errors import ModelError
+
+STREAM = "bench"  # the stream id of every bench run
+
+
+def make_clip(path: Path, frames: int, size: tuple[int, int], fps: float = 25.0) -> str:
+    """A generated clip (stream.samples), re-encoded to H.264 when ffmpeg is on PATH.
+
+    Returns:
+        What it is, for the report: size, frames, fps and codec.
+    """
+    from stream.samples import make_sample_clip
+
+    mp4v = path.with_name(path.stem + "-mp4v.mp4")
+    make_sample_clip(mp4v, seconds=frames / fps, fps=fps, size=size)
+    codec = "MPEG-4 part 2 (no ffmpeg on PATH for H.264)"
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg:
+        subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(mp4v),
+                        "-c:v", "libx264", "-preset", "fast", "-pix_fmt", "yuv420p", "-g", "50",
+                        "-an", str(path)], check=True, capture_output=True, timeout=300)
+        mp4v.unlink()
+        codec = "H.264"
+    else:
+        mp4v.replace(path)
+    return f"{size[0]}x{size[1]} {frames} frames at {fps:g} fps, {codec}"
+
+
+def trivial_ir(xml: Path) -> Path:
+    """An IR with next to no compute: global average pool, then one matmul to 1000 outputs.
+
+    Same contract as convnext-tiny (``image`` f32 [1,3,224,224] → ``probs`` [1,1000]), so
+    the pipeline does all its usual work around an inference that costs microseconds.
+    """
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    image = ops.parameter([1, 3, 224, 224], ov.Type.f32, name="image")
+    image.output(0).set_names({"image"})
+    pooled = ops.reduce_mean(image, ops.constant(np.array([2, 3], np.int64)), keep_dims=False)
+    weights = np.random.default_rng(0).standard_normal((3, 1000)).astype(np.float32) / 255
+    logits = ops.matmul(pooled, ops.constant(weights), False, False)
+    logits.output(0).set_names({"probs"})
+    model = ov.Model([ops.result(logits, name="probs")], [image], "trivial-gap-matmul")
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    return xml
+
+
+def raw_model(model: str, hint: str, seconds: float, device: str, precision: str | None,
+              tool: str = "auto") -> Raw:
+    """Frames/s and median request latency of the IR alone at ``hint``.
+
+    Args:
+        tool: ``benchmark_app``, ``python`` or ``auto`` (benchmark_app when on PATH).
+    """
+    exe = shutil.which("benchmark_app") or shutil.which(
+        "benchmark_app", path=str(Path(sys.executable).parent))
+    if tool == "benchmark_app" or (tool == "auto" and exe):
+        if not exe:
+            raise ModelError("benchmark_app is not on PATH (pip install openvino puts it "
+                             "beside python); use --raw-tool python")
+        return _benchmark_app(exe, model, hint, seconds, device, precision)
+    return _python_loop(model, hint, seconds, device, precision)
+
+
+def _benchmark_app(exe: str, model: str, hint: str, seconds: float, device: str,
+                   precision: str | None) -> Raw:
+    cmd = [exe, "-m", model, "-d", device, "-hint", hint.lower(), "-t",
+           str(max(1, round(seconds)))]
+    if precision:
+        cmd += ["-infer_precision", precision]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 180)
+    fps = re.search(r"Throughput:\s+([\d.]+)\s+FPS", res.stdout)
+    med = re.search(r"Median:\s+([\d.]+)\s+ms", res.stdout)
+    if res.returncode != 0 or fps is None or med is None:
+        tail = (res.stdout + res.stderr).strip().splitlines()[-3:]
+        raise ModelError(f"benchmark_app failed on {model} (exit {res.returncode}): "
+                         + " | ".join(tail))
+    prec = re.search(r"INFERENCE_PRECISION_HINT:\s*(?:<Type: ')?(\w+)", res.stdout)
+    return Raw(hint, float(fps[1]), float(med[1]), prec[1] if prec else "device default",
+               "benchmark_app")
+
+
+def _python_loop(model: str, hint: str, seconds: float, device: str,
+                 precision: str | None) -> Raw:
+    import openvino as ov
+
+    from stream.model.runtime import compile_classifier
+
+    compiled, info = compile_classifier(model, device, hint, precision)
+    nireq = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, max(1, nireq))
+    times: list[float] = []
+    queue.set_callback(lambda _req, t0: times.append(time.perf_counter() - t0))
+    frame = np.random.default_rng(0).integers(0, 256, (1, info.height, info.width, 3),
+                                              np.uint8)
+    queue.start_async({0: frame}, time.perf_counter())  # warm-up, not counted
+    queue.wait_all()
+    times.clear()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        queue.start_async({0: frame}, time.perf_counter())
+    queue.wait_all()
+    elapsed = time.perf_counter() - t0
+    med = percentile(times, 50) or 0.0
+    prec = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # "<Type: 'bfloat16'>"
+    named = re.search(r"'(\w+)'", prec)
+    return Raw(hint, len(times) / elapsed, 1000 * med, named[1] if named else prec,
+               "OpenVINO Python API")
+
+
+def decode_fps(clip: Path) -> float:
+    """Frames/s of OpenCV decoding ``clip`` alone (the framework tax's yardstick)."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(clip))
+    try:
+        n = 0
+        t0 = time.perf_counter()
+        while cap.grab():
+            ok, _ = cap.retrieve()
+            n += ok
+        return n / (time.perf_counter() - t0)
+    finally:
+        cap.release()
+
+
+def free_ports(n: int, low: int = 20000, high: int = 32000) -> int:
+    """The first of ``n`` consecutive loopback ports that can be bound right now."""
+    rng = np.random.default_rng()
+    for _ in range(200):
+        base = int(rng.integers(low, high - n))
+        socks: list[socket.socket] = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise OSError(f"no {n} consecutive free ports on 127.0.0.1")
+
+
+class _Listener:
+    """A subscriber thread that times every label event's arrival against its ``ts``."""
+
+    def __init__(self, endpoint: str) -> None:
+        from stream.events import Subscriber
+
+        self.sub = Subscriber(endpoint, types=["label"])
+        self.latency_ms: list[float] = []
+        self.arrivals: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="bench-subscriber",
+                                       daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            ev = self.sub.recv(timeout=0.2)
+            if ev is not None:
+                now = time.time()
+                self.arrivals.append(now)
+                self.latency_ms.append(1000 * (now - float(ev["ts"])))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sub.close()
+
+
+def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int = 1,
+             video: bool = False, live: bool = False, hint: str = "auto",
+             device: str = "CPU", precision: str | None = None,
+             timeout: float = 900) -> Run:
+    """One ``stream run`` of ``clip``, labels only or with the overlaid video written.
+
+    ``live`` paces the file at its own fps (``realtime: true``), as a camera would send it,
+    and the labels/s and latency come from a subscriber connected before the start.
+    """
+    import yaml
+
+    base = free_ports(3)
+    events = f"tcp://127.0.0.1:{base}"
+    out = workdir / f"{name.replace(' ', '-')}-out"
+    cfg: dict[str, Any] = {
+        "sources": [{"id": STREAM, "url": str(clip), **({"realtime": True} if live else {})}],
+        "model": {"path": model, "device": device, "hint": hint,
+                  **({"precision": precision} if precision else {})},
+        "workers": {"count": workers},
+        "sink": {"events": events, **({"output_dir": str(out)} if video else {})},
+        "transport": {"sink": f"tcp://127.0.0.1:{base + 1}",
+                      "frames": f"tcp://127.0.0.1:{base + 2}"},
+    }
+    path = workdir / f"{name.replace(' ', '-')}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    listener = _Listener(events)
+    try:
+        res = subprocess.run([sys.executable, "-m", "stream", "run", str(path), "--http", "off"],
+                             capture_output=True, text=True, timeout=timeout)
+    finally:
+        listener.close()
+    (workdir / f"{name.replace(' ', '-')}.log").write_text(res.stdout + res.stderr)
+    row = summary_row(res.stdout, STREAM)
+    if res.returncode != 0 or row is None:
+        tail = " | ".join(res.stderr.strip().splitlines()[-4:])
+        raise RuntimeError(f"stream run ({name}) failed with exit {res.returncode}: {tail}")
+    cpu, stages = role_cpu(res.stderr)
+    precision, resolved = worker_settings(res.stderr)
+    frames = row.captured if row.captured is not None else row.labelled + row.dropped
+    return Run(name, row.labelled, frames, _labels_per_s(row, listener.arrivals), cpu, stages,
+               precision, resolved or hint,
+               percentile(listener.latency_ms, 50) if live else None,
+               percentile(listener.latency_ms, 99) if live else None)
+
+
+def _labels_per_s(row: Any, arrivals: Sequence[float]) -> float:
+    """Label events per second, first to last, as the subscriber received them (steady
+    state: start-up is not counted); the sink's own rate if the subscriber got too few."""
+    if len(arrivals) >= max(10, row.labelled // 2) and arrivals[-1] > arrivals[0]:
+        return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    done = row.labelled + row.dropped
+    return float(row.fps * row.labelled / done) if done else 0.0

@@ -1,0 +1,136 @@
+"""The order of `stream bench`'s measurements, over a backend that a test can replace.
+
+Measured back to back, so the ratios compare figures of one machine state:
+raw model (THROUGHPUT, then LATENCY) → pipeline labels only → with video → a live
+(real-time paced) source → OpenCV decode-only → pipeline with the trivial IR, labels only
+and with video. A step that fails is reported as a note and the others still run: the
+user gets every figure that could be measured, and the reason for the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from stream.bench.figures import Raw, Report, Run
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+STEPS = ("video", "live", "tax")  # what --skip may leave out
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the user asked for (see ``stream bench --help``)."""
+
+    model: str
+    workdir: Path
+    device: str = "CPU"
+    precision: str | None = None
+    workers: int = 1
+    frames: int = 500
+    size: tuple[int, int] = (1280, 720)
+    fps: float = 25.0
+    raw_seconds: float = 15.0
+    raw_tool: str = "auto"
+    skip: frozenset[str] = field(default_factory=frozenset)
+
+
+class Backend(Protocol):
+    """The measurements (stream.bench.runs is the real one)."""
+
+    def make_clip(self, path: Path, frames: int, size: tuple[int, int], fps: float) -> str: ...
+
+    def trivial_ir(self, xml: Path) -> Path: ...
+
+    def raw_model(self, model: str, hint: str, seconds: float, device: str,
+                  precision: str | None, tool: str) -> Raw: ...
+
+    def decode_fps(self, clip: Path) -> float: ...
+
+    def pipeline(self, name: str, clip: Path, model: str, workdir: Path,
+                 **kwargs: Any) -> Run: ...
+
+
+class RealBackend:
+    """The measurements of :mod:`stream.bench.runs`, on this machine."""
+
+    def make_clip(self, path: Path, frames: int, size: tuple[int, int], fps: float) -> str:
+        from stream.bench.runs import make_clip
+
+        return make_clip(path, frames, size, fps)
+
+    def trivial_ir(self, xml: Path) -> Path:
+        from stream.bench.runs import trivial_ir
+
+        return trivial_ir(xml)
+
+    def raw_model(self, model: str, hint: str, seconds: float, device: str,
+                  precision: str | None, tool: str) -> Raw:
+        from stream.bench.runs import raw_model
+
+        return raw_model(model, hint, seconds, device, precision, tool)
+
+    def decode_fps(self, clip: Path) -> float:
+        from stream.bench.runs import decode_fps
+
+        return decode_fps(clip)
+
+    def pipeline(self, name: str, clip: Path, model: str, workdir: Path,
+                 **kwargs: Any) -> Run:
+        from stream.bench.runs import pipeline
+
+        return pipeline(name, clip, model, workdir, **kwargs)
+
+
+def run_bench(opts: Options, backend: Backend,
+              progress: Callable[[str], None] = lambda _m: None) -> Report:
+    """Measure everything ``opts`` asks for, in order; failures become notes."""
+    notes: list[str] = []
+
+    def step(what: str, fn: Callable[[], T]) -> T | None:
+        progress(what)
+        try:
+            return fn()
+        except Exception as exc:  # one failed measurement must not lose the others
+            log.debug("bench step %r failed", what, exc_info=True)
+            notes.append(f"{what}: not measured ({type(exc).__name__}: {exc})")
+            return None
+
+    o, b = opts, backend
+    clip = o.workdir / "bench-clip.mp4"
+    clip_text = b.make_clip(clip, o.frames, o.size, o.fps)
+    raw_t = b.raw_model(o.model, "THROUGHPUT", o.raw_seconds, o.device, o.precision, o.raw_tool)
+    common: dict[str, Any] = {"workers": o.workers, "device": o.device,
+                              "precision": o.precision}
+    raw_l = labels = video = live = decode = tax_l = tax_v = None
+    if "live" not in o.skip:
+        raw_l = step("raw model, LATENCY hint", lambda: b.raw_model(
+            o.model, "LATENCY", o.raw_seconds, o.device, o.precision, o.raw_tool))
+    labels = step("pipeline, labels only", lambda: b.pipeline(
+        "labels only", clip, o.model, o.workdir, hint="auto", **common))
+    if "video" not in o.skip:
+        video = step("pipeline, with video", lambda: b.pipeline(
+            "with video", clip, o.model, o.workdir, hint="auto", video=True, **common))
+    if "live" not in o.skip:
+        live = step("live source (realtime file)", lambda: b.pipeline(
+            "live, realtime file", clip, o.model, o.workdir, hint="auto", live=True,
+            **common))
+    if "tax" not in o.skip:
+        decode = step("OpenCV decode-only", lambda: b.decode_fps(clip))
+        trivial = step("trivial IR", lambda: str(b.trivial_ir(o.workdir / "trivial.xml")))
+        if trivial is not None:
+            tax_l = step("trivial IR, labels only", lambda: b.pipeline(
+                "trivial IR, labels only", clip, trivial, o.workdir, hint="auto",
+                **common))
+            if "video" not in o.skip:
+                tax_v = step("trivial IR, with video", lambda: b.pipeline(
+                    "trivial IR, with video", clip, trivial, o.workdir, hint="auto",
+                    video=True, **common))
+    return Report(o.model, clip_text, raw_t, raw_latency=raw_l, labels_only=labels,
+                  with_video=video, live=live, decode_fps=decode, source_fps=o.fps,
+                  tax_labels=tax_l, tax_video=tax_v, notes=notes)

@@ -1,0 +1,167 @@
+"""`stream bench`: its arithmetic on a fake backend, its parsing of real log formats, and
+one real short run on the colour-oracle IR whose printed figures must all be there.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stream.bench.figures import (
+    Raw,
+    Run,
+    live_ceiling,
+    percentile,
+    ratio,
+    render,
+    role_cpu,
+    summary_row,
+    worker_settings,
+)
+from stream.bench.suite import Options, run_bench
+
+pytestmark = pytest.mark.timeout(120)
+
+STDERR = """\
+18:25:19 worker[4344] INFO model.hint auto -> THROUGHPUT (1 of 1 source(s) not live)
+18:25:19 worker[4344] INFO compiled m.xml (224x224/1000/77) on CPU: inference precision \
+<Type: 'bfloat16'>
+18:25:23 capture[4345] INFO bench: stage ms/frame: source 2.1, preprocess 1.5, \
+wait_workers 57.2, to_sink 0.1; process cpu 15.8 ms/frame
+18:25:23 sink[4343] INFO sink: process cpu 7.4 ms/frame over 60 frames
+18:25:23 worker[4344] INFO worker w0 stopped: {'done': 60}; mean request time 90.5 ms; \
+process cpu 68.2 ms/frame
+18:25:23 worker[4346] INFO worker w1 stopped: {'done': 40}; mean request time 80.0 ms; \
+process cpu 60.0 ms/frame
+not a log line: process cpu 99.0 ms/frame
+"""
+
+STDOUT = """\
+stream           captured labelled  dropped written     fps  p50 ms  p99 ms  drops by reason
+bench                  60       58        2       0    16.8     120     300  busy=2
+  bench: capture counters: video_busy=1
+"""
+
+
+def test_role_logs_and_summary_are_parsed() -> None:
+    cpu, stages = role_cpu(STDERR)
+    assert cpu == {"capture": 15.8, "sink": 7.4, "worker": 68.2, "worker#2": 60.0}
+    assert stages == "source 2.1, preprocess 1.5, wait_workers 57.2, to_sink 0.1"
+    assert worker_settings(STDERR) == ("bfloat16", "THROUGHPUT")
+    row = summary_row(STDOUT, "bench")
+    assert row is not None and (row.captured, row.labelled, row.dropped, row.fps) == (
+        60, 58, 2, 16.8)
+    assert summary_row(STDOUT, "other") is None and summary_row("no table", "bench") is None
+
+
+def test_ratios_and_percentiles() -> None:
+    assert ratio(12.0, 15.0) == "0.80x" and ratio(None, 1.0) == "n/a" and ratio(1, 0) == "n/a"
+    assert percentile([], 50) is None
+    assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5  # numpy's default interpolation
+    assert percentile([float(i) for i in range(101)], 99) == 99.0
+    raw = Raw("LATENCY", 30.0, 30.0, "bf16", "x")
+    assert live_ceiling(raw, 25.0)[0] == 25.0  # the camera is the slower one
+    assert live_ceiling(Raw("LATENCY", 14.0, 90.0, "f32", "x"), 25.0)[0] == 14.0
+
+
+class FakeBackend:
+    """Fixed figures, so every printed ratio is known; the trivial IR step fails."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def make_clip(self, path: Path, frames: int, size: tuple[int, int], fps: float) -> str:
+        return f"{size[0]}x{size[1]} {frames} frames"
+
+    def trivial_ir(self, xml: Path) -> Path:
+        return xml
+
+    def raw_model(self, model: str, hint: str, seconds: float, device: str,
+                  precision: str | None, tool: str) -> Raw:
+        fps, med = (15.0, 150.0) if hint == "THROUGHPUT" else (12.0, 80.0)
+        return Raw(hint, fps, med, "f32", "fake")
+
+    def decode_fps(self, clip: Path) -> float:
+        return 400.0
+
+    def pipeline(self, name: str, clip: Path, model: str, workdir: Path,
+                 **kwargs: Any) -> Run:
+        self.calls.append((name, kwargs))
+        if name == "trivial IR, with video":
+            raise RuntimeError("encoder missing")
+        fps = {"labels only": 14.4, "with video": 13.5, "live, realtime file": 11.4,
+               "trivial IR, labels only": 260.0}[name]
+        live = kwargs.get("live", False)
+        return Run(name, 100, 100, fps, {"capture": 3.0, "worker": 60.0, "sink": 1.0},
+                   "source 2.0, preprocess 1.0", "f32", "LATENCY" if live else "THROUGHPUT",
+                   100.0 if live else None, 160.0 if live else None)
+
+
+def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    report = run_bench(Options("m.xml", tmp_path), fake)
+    text = "\n".join(render(report))
+    assert "THROUGHPUT hint: 15.00 frames/s, median request 150.0 ms" in text
+    assert re.search(r"labels only\s+14\.40 labels/s = 0\.96x raw THROUGHPUT", text)
+    assert re.search(r"with video\s+13\.50 labels/s = 0\.90x raw THROUGHPUT", text)
+    # live: the model (12 fps) is slower than the 25 fps source, so it is the ceiling
+    assert re.search(r"live, realtime file\s+11\.40 labels/s = 0\.95x raw LATENCY", text)
+    assert "p50 100 ms = 1.25x, p99 160 ms = 2.00x the LATENCY median request" in text
+    assert "OpenCV decode-only 400.0 frames/s" in text
+    assert re.search(r"trivial IR, labels only\s+260\.00 labels/s = 0\.65x decode-only", text)
+    assert "CPU ms/frame: capture 3.0, worker 60.0, sink 1.0" in text
+    # the failed step is a note; nothing else is lost
+    assert "note: trivial IR, with video: not measured (RuntimeError: encoder missing)" in text
+    names = [n for n, _ in fake.calls]
+    assert names == ["labels only", "with video", "live, realtime file",
+                     "trivial IR, labels only", "trivial IR, with video"]
+    assert all(kw["hint"] == "auto" for _, kw in fake.calls)
+
+
+def test_skip_leaves_steps_out(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    report = run_bench(Options("m.xml", tmp_path, skip=frozenset({"video", "tax"})), fake)
+    assert [n for n, _ in fake.calls] == ["labels only", "live, realtime file"]
+    assert report.decode_fps is None and report.with_video is None
+    bad = subprocess.run([sys.executable, "-m", "stream", "bench", "--skip", "nope"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown step(s) nope" in bad.stderr
+
+
+def _number(pattern: str, text: str) -> float:
+    m = re.search(pattern, text)
+    assert m is not None, f"{pattern!r} not in:\n{text}"
+    return float(m.group(1))
+
+
+def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None:
+    """The whole bench on the tiny oracle IR and a small clip: every figure is printed
+    and positive (their size is the machine's business, not a test's)."""
+    res = subprocess.run(
+        [sys.executable, "-m", "stream", "bench", "--model", str(oracle_model[0]), "--quick",
+         "--frames", "40", "--size", "320x240", "--seconds", "1", "--raw-tool", "python",
+         "--keep", str(tmp_path)],
+        capture_output=True, text=True, timeout=110)
+    out = res.stdout
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "note:" not in out, out
+    assert "raw model (OpenVINO Python API), precision" in out
+    assert _number(r"THROUGHPUT hint: ([\d.]+) frames/s", out) > 0
+    assert _number(r"LATENCY hint: +([\d.]+) frames/s", out) > 0
+    for name in ("labels only", "with video", "live, realtime file",
+                 "trivial IR, labels only", "trivial IR, with video"):
+        assert _number(rf"  {re.escape(name)} +([\d.]+) labels/s", out) > 0
+    assert _number(r"label latency p50 ([\d.]+) ms", out) > 0
+    assert _number(r"OpenCV decode-only ([\d.]+) frames/s", out) > 0
+    cpu_lines = [ln for ln in out.splitlines() if "CPU ms/frame:" in ln]
+    assert len(cpu_lines) == 5
+    for line in cpu_lines:
+        for role in ("capture", "worker", "sink"):
+            assert _number(rf"{role} ([\d.]+)", line) > 0
+    # the clip was really 40 frames: every file run labelled all of them
+    assert out.count("(40/40 labelled") >= 2
