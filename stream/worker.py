@@ -322,6 +322,7 @@ def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None
     """
     from stream.model.identity import ir_digest, model_identity
     from stream.model.runtime import compile_classifier, resolve_hint
+    from stream.result_router import ResultRouter
     from stream.security import Curve
 
     m = cfg.model
@@ -340,11 +341,21 @@ def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None
             sockets.connect(sock, cfg.frames_connect(i, host), "frames",
                             sockets.server_key("capture", src.capture_key))
             captures.append(sock)
-        # Results are small (top-k + probabilities); linger lets the last ones leave.
-        results = sockets.socket(zmq.PUSH, sndhwm=1000, linger_ms=2000)
-        sockets.connect(results, connect_endpoint(cfg.transport.sink, host), "sink",
-                        sockets.server_key("sink"))
+        router = None
+        if len(cfg.sink_places()) > 1:  # several sinks: each result to its stream's sink
+            router = ResultRouter(sockets, cfg.sink_places(), host)
+            results = router.front()
+            router.start()
+        else:
+            # Results are small (top-k + probabilities); linger lets the last ones leave.
+            results = sockets.socket(zmq.PUSH, sndhwm=1000, linger_ms=2000)
+            sockets.connect(results, connect_endpoint(cfg.transport.sink, host), "sink",
+                            sockets.server_key("sink"))
         worker = Worker(WorkerSettings(name or default_worker_name(), m.top_k), compiled,
                         (info.height, info.width), captures, results, sockets, stop,
                         m.requests)
-        return worker.run()
+        try:
+            return worker.run()
+        finally:
+            if router is not None:
+                router.stop()  # forwards what is queued; before the sockets close

@@ -173,7 +173,7 @@ def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
         tasks = task_socket(sockets)
         sockets.bind(tasks, cfg.frames_bind(index), "frames")
         control, video = sink_links(sockets, cfg.transport.hwm)
-        sink = connect_endpoint(cfg.transport.sink, sink_host)
+        sink = connect_endpoint(cfg.sink_of(src.id).inbox, sink_host)  # its stream's sink
         sink_key = sockets.server_key("sink")
         sockets.connect(control, sink, "sink", sink_key)
         sockets.connect(video, sink, "sink", sink_key)

@@ -23,6 +23,7 @@ from stream.config.endpoints import (
 )
 from stream.config.redact import redact_url
 from stream.config.security import SecurityConfig
+from stream.config.sinks import SinkEntry, SinkPlace
 from stream.config.sources import Policy, SourceConfig, SourceKind
 from stream.errors import ConfigError
 
@@ -34,6 +35,8 @@ __all__ = [
     "Problems",
     "SecurityConfig",
     "SinkConfig",
+    "SinkEntry",
+    "SinkPlace",
     "SourceConfig",
     "SourceKind",
     "StreamConfig",
@@ -371,6 +374,40 @@ class StreamConfig(Strict):
     security: SecurityConfig = Field(
         default=SecurityConfig(), description="CurveZMQ keys between hosts; see `security`."
     )
+    sinks: list[SinkEntry] = Field(
+        default=[],
+        description="Several sinks, each owning some streams; empty = one sink binding "
+        "transport.sink and sink.events for every stream. See `sinks[]`.",
+    )
+
+    def sink_places(self) -> list[SinkPlace]:
+        """Every sink of the deployment: the `sinks` entries, or the one default sink."""
+        if not self.sinks:
+            return [SinkPlace("", self.transport.sink, self.sink.events,
+                              tuple(s.id for s in self.sources))]
+        return [SinkPlace(e.name, e.inbox, e.events, tuple(e.streams)) for e in self.sinks]
+
+    def sink_place(self, name: str | None = None) -> SinkPlace:
+        """The sink called ``name`` (None: the only one).
+
+        Raises:
+            ConfigError: no such sink, or several and no name given.
+        """
+        places = self.sink_places()
+        if name is None and len(places) == 1:
+            return places[0]
+        names = ", ".join(p.name for p in places)
+        for place in places:
+            if name is not None and place.name == name:
+                return place
+        if name is None:
+            raise ConfigError(f"this config has {len(places)} sinks ({names}): say which "
+                              "with --name")
+        raise ConfigError(f"no sink {name!r} in the config (sinks: {names or 'one, unnamed'})")
+
+    def sink_of(self, stream: str) -> SinkPlace:
+        """The sink that owns ``stream``."""
+        return next(p for p in self.sink_places() if stream in p.streams)
 
     def frames_endpoint(self, i: int) -> str:
         """Where workers connect to capture ``i``: ``sources[i].frames``, else
@@ -412,6 +449,7 @@ class StreamConfig(Strict):
                     )
                 )
         problems.extend(self._check_addresses())
+        problems.extend(self._check_sinks())
         if self.sink.rtsp_out is not None and len(self.sources) > 1 and (
                 "{stream}" not in self.sink.rtsp_out):
             problems.append(Problem(("sink", "rtsp_out"), "several sources would publish to "
@@ -458,6 +496,42 @@ class StreamConfig(Strict):
                     ]
         return []
 
+    def _check_sinks(self) -> list[Problem]:
+        """Every source owned by exactly one sink; sink names and endpoints distinct."""
+        problems: list[Problem] = []
+        if not self.sinks:
+            return problems
+        ids = {s.id for s in self.sources}
+        owner: dict[str, str] = {}
+        names: set[str] = set()
+        for i, entry in enumerate(self.sinks):
+            if entry.name in names:
+                problems.append(Problem(("sinks", i, "name"), "duplicate sink name",
+                                        entry.name))
+            names.add(entry.name)
+            for stream in entry.streams:
+                if stream not in ids:
+                    problems.append(Problem(("sinks", i, "streams"), f"{stream!r} is not a "
+                                            "source id", stream))
+                elif stream in owner:
+                    problems.append(Problem(("sinks", i, "streams"), f"{stream!r} is "
+                                            f"already owned by sink {owner[stream]!r}", stream))
+                owner.setdefault(stream, entry.name)
+        for i, src in enumerate(self.sources):
+            if src.id not in owner:
+                problems.append(Problem(("sources", i, "id"), "no sink owns this stream: "
+                                        "list it in one sinks[].streams", src.id))
+        bound = [(("sinks", i, k), getattr(e, k)) for i, e in enumerate(self.sinks)
+                 for k in ("inbox", "events")]
+        bound += [(("sources", i, "frames"), self.frames_bind(i))
+                  for i in range(len(self.sources))]
+        for j, (loc, address) in enumerate(bound):
+            clash = next((o for _, o in bound[:j] if same_address(address, o)), None)
+            if clash is not None:
+                problems.append(Problem(loc, f"would bind the same address as {clash}",
+                                        address))
+        return problems
+
     def _check_exposed(self) -> list[Problem]:
         """A non-loopback tcp address bound without keys is refused unless insecure: true
         (DESIGN.md "Trust": anyone reaching the port could inject frames or read labels)."""
@@ -468,6 +542,8 @@ class StreamConfig(Strict):
             (("sink", "events"), self.sink.events),
             (("transport", "sink"), self.transport.sink),
         ]
+        bound += [(("sinks", i, k), getattr(e, k)) for i, e in enumerate(self.sinks)
+                  for k in ("inbox", "events")]
         for i, src in enumerate(self.sources):
             where = "frames_bind" if src.frames_bind else "frames" if src.frames else None
             loc: Loc = ("sources", i, where) if where else ("transport", "frames")

@@ -261,13 +261,16 @@ class Sink:
         self.out.flush()
 
 
-def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False) -> int:
+def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False,
+             name: str | None = None) -> int:
     """Wire and run the sink (``stream sink``): bind the inbox and the events socket, start
     the outputs, run the loop.
 
     Args:
         run_forever: do not exit when the configured streams end (a long-lived sink that
             captures on other machines come and go to).
+        name: which of the config's ``sinks[]`` this is (None: the only sink); it binds
+            that entry's endpoints and waits for the streams it owns.
 
     Returns:
         The exit code: 0, or 1 when an output failed.
@@ -281,8 +284,9 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
     from stream.transport import MAX_MESSAGE_BYTES, Sockets
 
     s = cfg.sink
+    place = cfg.sink_place(name)
     settings = SinkSettings(
-        expected_streams=() if run_forever else tuple(src.id for src in cfg.sources),
+        expected_streams=() if run_forever else place.streams,
         reorder_timeout_s=s.reorder_timeout_s)
     labels = load_labels(cfg.model.labels)
     outputs: list[tuple[str, Runner]] = []
@@ -310,9 +314,9 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
     with Sockets(curve=Curve.from_config(cfg.security)) as sockets:
         inbox = sockets.socket(zmq.PULL, rcvhwm=RCVHWM, linger_ms=0,
                                max_msg=MAX_MESSAGE_BYTES)
-        sockets.bind(inbox, cfg.transport.sink, "sink")
-        pub = EventPublisher.bind(sockets, s.events)
-        log.info("label events on %s", s.events)
+        sockets.bind(inbox, place.inbox, "sink")
+        pub = EventPublisher.bind(sockets, place.events)
+        log.info("label events on %s", place.events)
         publisher = Publisher(pub.publish, labels, s.smoothing, cfg.model.top_k)
         for _, runner in outputs:
             runner.start()
