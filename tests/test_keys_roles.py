@@ -118,3 +118,15 @@ def test_per_source_frames_endpoints() -> None:
     with pytest.raises(ConfigError, match=r"sources\[0\]\.frames_bind: binds a non-loopback"):
         config_from_dict({"sources": [{"id": "a", "url": "a.mp4",
                                        "frames_bind": "tcp://0.0.0.0:6000"}]})
+
+
+def test_captures_on_their_own_hosts_may_share_a_port() -> None:
+    from stream.config import config_from_dict
+
+    own = [{"id": sid, "url": f"{sid}.mp4", "frames": f"tcp://{sid}-host:5570",
+            "frames_bind": "tcp://*:5570"} for sid in ("a", "b")]
+    cfg = config_from_dict({"sources": own, "security": {"insecure": True}})
+    assert cfg.frames_connect(1, "hub") == "tcp://b-host:5570"
+    same = [dict(own[0]), dict(own[0], id="b")]
+    with pytest.raises(ConfigError, match="same frames address"):
+        config_from_dict({"sources": same, "security": {"insecure": True}})

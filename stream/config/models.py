@@ -479,10 +479,18 @@ class StreamConfig(Strict):
             (("sink", "events"), "sink.events", self.sink.events),
             (("transport", "sink"), "transport.sink", transport.sink),
         ]
+        # A source with its own `frames` host runs there: it cannot clash with the hub's
+        # addresses; no two sources may share an address workers reach.
         bound += [
             (("transport", "frames"), f"capture {i}'s frames", self.frames_bind(i))
-            for i in range(n)
+            for i in range(n) if self._on_hub(i)
         ]
+        own: dict[str, int] = {}
+        for i, src in enumerate(self.sources):
+            if src.frames is not None and own.setdefault(src.frames, i) != i:
+                return [Problem(("sources", i, "frames"), f"sources[{own[src.frames]}] has "
+                                "the same frames address: workers could not tell them apart",
+                                src.frames)]
         for j, (loc, name, address) in enumerate(bound):
             for _, other_name, other in bound[:j]:
                 if same_address(address, other):
@@ -495,6 +503,13 @@ class StreamConfig(Strict):
                         )
                     ]
         return []
+
+    def _on_hub(self, i: int) -> bool:
+        """Whether capture ``i`` binds on the hub (the host of transport.*): no `frames` of
+        its own, or one with a wildcard host (workers reach it through --connect HUB)."""
+        frames = self.sources[i].frames
+        return frames is None or (frames.startswith("tcp://")
+                                  and split_tcp(frames)[0] in WILDCARD_HOSTS)
 
     def _check_sinks(self) -> list[Problem]:
         """Every source owned by exactly one sink; sink names and endpoints distinct."""
@@ -524,7 +539,7 @@ class StreamConfig(Strict):
         bound = [(("sinks", i, k), getattr(e, k)) for i, e in enumerate(self.sinks)
                  for k in ("inbox", "events")]
         bound += [(("sources", i, "frames"), self.frames_bind(i))
-                  for i in range(len(self.sources))]
+                  for i in range(len(self.sources)) if self._on_hub(i)]
         for j, (loc, address) in enumerate(bound):
             clash = next((o for _, o in bound[:j] if same_address(address, o)), None)
             if clash is not None:
