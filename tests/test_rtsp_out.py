@@ -9,7 +9,9 @@ sent (count, content, the label panel drawn on it). Killing it is a server that 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -258,3 +260,55 @@ def test_run_rtsp_out_flag_expands_variables(monkeypatch, tmp_path: Path) -> Non
     cfg = _config_for_run(args)
     assert cfg.sink.rtsp_out == "rtsp://pub:s3cret@127.0.0.1:8554/{stream}"
     assert cfg.sink.wants_images
+
+
+@pytest.mark.timeout(60)
+def test_a_server_that_stops_reading_costs_at_most_the_timeout(receivers) -> None:
+    # FFmpeg's socket writes have no timeout: a frozen server (SIGSTOP) blocked the
+    # publisher for as long as it was stopped. Frames of noise fill the socket buffers
+    # fast; offered with wait=True (a lossless stream: the sink waits for the output), so
+    # a write that hangs would hang this test.
+    rng = np.random.default_rng(5)
+    noise = [rng.integers(0, 256, (H, W, 3), np.uint8) for _ in range(4)]
+
+    def noisy(seq: int) -> OutputFrame:
+        image = noise[seq % 4].copy()
+        image[150:] = level(seq)
+        image.flags.writeable = False
+        return OutputFrame("cam", 1, seq, seq / 25, 0.0, image, (), None, None, 25.0)
+
+    port = find_free_port_base(1)
+    out = RtspOutput(f"rtsp://127.0.0.1:{port}/live/{{stream}}", timeout_s=0.5,
+                     backoff_min_s=0.1, backoff_max_s=0.2)
+    runner = OutputRunner(out, queue_size=2)
+    runner.start()
+    frozen = receivers(port, "frozen").start()
+    seq = 0
+    try:
+        while frozen.frames() < 5:
+            runner.offer(noisy(seq), wait=True)
+            seq += 1
+            assert seq < 2000, "the receiver got nothing"
+        os.kill(frozen.proc.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 20
+        while out.counters()["cam"].disconnects == 0:
+            assert time.monotonic() < deadline, "the frozen server was never given up on"
+            runner.offer(noisy(seq), wait=True)
+            seq += 1
+        os.kill(frozen.proc.pid, signal.SIGKILL)  # the hung write fails: its thread ends
+        frozen.proc.wait(5)
+        second = receivers(port, "second").start()
+        deadline = time.monotonic() + 20
+        while second.frames() < 5:
+            assert time.monotonic() < deadline, "never reconnected"
+            runner.offer(noisy(seq), wait=True)
+            seq += 1
+    finally:
+        runner.close()
+    assert second.wait_exit() == 0, second.log.read_text()
+    c = out.counters()["cam"]
+    assert c.disconnects == 1 and c.reconnects >= 1
+    counts = runner.counts("cam")
+    assert counts["written"] + counts["failed"] == seq and counts["queue_full"] == 0
+    errors = runner.take_errors()
+    assert errors and "no answer within 0.5 s" in errors[0][1], errors

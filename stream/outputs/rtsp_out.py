@@ -46,6 +46,7 @@ import numpy as np
 
 from stream.config.redact import redact_url
 from stream.outputs.base import OutputFrame
+from stream.outputs.bounded_call import BoundedCaller
 from stream.outputs.video_file import TICKS_PER_SECOND, Timeline, even_size, render, yuv420_frame
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 KEYFRAME_SECONDS = 1.0
 """Keyframe interval: how long a viewer that joins waits for its first picture."""
 STREAM_PLACEHOLDER = "{stream}"
+MAX_HUNG = 3
+"""Connections left blocked in a write (a server that stopped reading) before no new one
+is tried until one of them ends: each holds a thread and a socket."""
 
 
 def stream_url(template: str, stream: str) -> str:
@@ -83,7 +87,12 @@ class RtspCounters:
 
 class _Link:
     """One RTSP publishing connection and its encoder; the connect happens at the first
-    frame (PyAV writes the RTSP header, i.e. ANNOUNCE/SETUP/RECORD, with the first packet)."""
+    frame (PyAV writes the RTSP header, i.e. ANNOUNCE/SETUP/RECORD, with the first packet).
+
+    Encoding and muxing run on the link's own :class:`BoundedCaller` thread, each frame
+    bounded by ``timeout_s``: FFmpeg's socket writes have no timeout of their own, and a
+    server that stops reading would otherwise block the output for minutes.
+    """
 
     def __init__(self, url: str, size: tuple[int, int], fps: float, preset: str,
                  timeout_s: float) -> None:
@@ -101,16 +110,37 @@ class _Link:
             ctx.max_b_frames = 0
             ctx.options = {"preset": preset, "tune": "zerolatency"}
         except BaseException:
-            self.close()
+            self._close_container()
             raise
         self._stream = stream
+        self._timeout_s = timeout_s
+        self._calls = BoundedCaller("rtsp-link")
+
+    @property
+    def hung(self) -> bool:
+        """A write overran its deadline and is still blocked in FFmpeg."""
+        return self._calls.hung
 
     def send(self, image: np.ndarray, ticks: int) -> None:
-        for packet in self._stream.encode(yuv420_frame(image, ticks, self._stream.time_base)):
+        """Encode and send one frame.
+
+        Raises:
+            TimeoutError: the server did not take the frame within ``timeout_s``.
+            OSError, av.error.FFmpegError: the connection failed.
+        """
+        frame = yuv420_frame(image, ticks, self._stream.time_base)
+        self._calls.call(lambda: self._encode(frame), self._timeout_s)
+
+    def _encode(self, frame: Any) -> None:
+        for packet in self._stream.encode(frame):
             self._out.mux(packet)
 
     def close(self) -> None:
-        """Close the connection (TEARDOWN when the server is still there); never raises."""
+        """Close the connection (TEARDOWN when the server is still there); never raises,
+        and waits at most ``timeout_s`` (not at all behind a write that hangs)."""
+        self._calls.finish(self._close_container, 0.0 if self.hung else self._timeout_s)
+
+    def _close_container(self) -> None:
         try:
             self._out.close()
         except (OSError, av.error.FFmpegError) as exc:
@@ -163,6 +193,7 @@ class RtspOutput:
         self._states: dict[str, _State] = {}
         self._lock = threading.Lock()
         self._counters: dict[str, RtspCounters] = {}
+        self._hung: list[_Link] = []  # links whose last write never returned
 
     def counters(self) -> dict[str, RtspCounters]:
         """Per stream id, its figures now (safe to call from any thread, e.g. metrics)."""
@@ -200,7 +231,7 @@ class RtspOutput:
         """The stream's session ended: close its connection (the server sees a TEARDOWN)."""
         st = self._states.pop(stream, None)
         if st is not None and st.link is not None:
-            st.link.close()
+            self._close_link(st.link)
             self._count(stream, st, connected=False)
             log.info("rtsp out %s: stream %s ended", redact_url(st.url), stream)
 
@@ -227,13 +258,16 @@ class RtspOutput:
     def _connect(self, st: _State, frame: OutputFrame, now: float) -> None:
         fps = frame.source_fps if frame.source_fps > 0 else 25.0
         link: _Link | None = None
+        self._hung = [h for h in self._hung if h.hung]
         try:
+            if len(self._hung) >= MAX_HUNG:  # each holds a thread and a socket: stop adding
+                raise TimeoutError(f"{len(self._hung)} earlier connections still hang")
             link = _Link(st.url, st.size, fps, self.preset, self.timeout_s)
             timeline = Timeline(frame)
             link.send(render(frame, st.size, self.draw), timeline.ticks(frame))
         except (OSError, av.error.FFmpegError) as exc:
             if link is not None:
-                link.close()
+                self._close_link(link)
             st.backoff_s = (self.backoff_min_s if st.backoff_s == 0
                             else min(2 * st.backoff_s, self.backoff_max_s))
             st.next_try = now + st.backoff_s
@@ -251,10 +285,15 @@ class RtspOutput:
 
     def _drop_link(self, st: _State, now: float) -> None:
         if st.link is not None:
-            st.link.close()
+            self._close_link(st.link)
         st.link, st.timeline = None, None
         st.backoff_s = self.backoff_min_s  # the first retry soon: a server restart is quick
         st.next_try = now + st.backoff_s
+
+    def _close_link(self, link: _Link) -> None:
+        link.close()
+        if link.hung:
+            self._hung.append(link)
 
     def _count(self, stream: str, st: _State, connected: bool | None = None,
                **add: int) -> None:
