@@ -17,10 +17,12 @@ How it behaves (an :class:`~stream.outputs.base.Output` run by an ``OutputRunner
   the next attempt waits a backoff that doubles from ``backoff_min_s`` to
   ``backoff_max_s`` (reset by a connection that works). Between attempts a frame costs
   nothing: it is refused at once (``failed``), so the runner's queue never backs up behind
-  a dead server. An attempt is bounded by ``timeout_s`` (connect, and every later write
-  through PyAV's interrupt timeout), so a server that hangs blocks only this output's
-  thread, for at most that long: the sink's other outputs and events go on, and live
-  frames offered meanwhile are dropped ``queue_full`` by the runner.
+  a dead server. A connection attempt and each frame's write are bounded by ``timeout_s``
+  (they run on the link's own thread, ``bounded_call.py``: FFmpeg's socket writes have no
+  timeout), so a server that stops reading costs this output at most that long, once: the
+  link is given up (counted as lost) and its blocked thread abandoned. Meanwhile the
+  sink's other outputs and events go on, and live frames are dropped ``queue_full`` by
+  the runner.
 - **Counted**: :meth:`RtspOutput.counters` (connects, reconnects, failed attempts, lost
   connections, frames sent, up or down) for metrics.
 - **Credentials** in the URL (``rtsp://user:pass@host/...``) never reach a log line or an
