@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import zmq
 
-from stream.config import SinkPlace, connect_endpoint
+from stream.config import SinkPlace
 from stream.errors import ProtocolError
 from stream.protocol import decode
 from stream.runtime import Rejections
@@ -50,7 +50,7 @@ class ResultRouter:
         self._to: dict[str, Socket] = {}
         for place in places:
             push = sockets.socket(zmq.PUSH, sndhwm=1000, linger_ms=2000)
-            sockets.connect(push, connect_endpoint(place.inbox, host),
+            sockets.connect(push, place.reach(host),
                             f"sink {place.name}", key)
             self._to.update((stream, push) for stream in place.streams)
         self._stop = threading.Event()

@@ -110,3 +110,12 @@ def test_sinks_config_every_stream_owned_once() -> None:
     with pytest.raises(ConfigError, match="no sink 'y'"):
         cfg.sink_place("y")
     assert config_from_dict({"sources": two}).sink_place().streams == ("a", "b")
+    # Where peers reach a sink: a sinks[] entry at its own host; a wildcard via --connect.
+    hosts = config_from_dict({"sources": two, "security": {"insecure": True}, "sinks": [
+        {"name": "x", "inbox": "tcp://sink-x:7001", "inbox_bind": "tcp://*:7001",
+         "events": "tcp://*:7002", "streams": ["a"]},
+        {"name": "y", "inbox": "tcp://*:7003", "events": "tcp://*:7004", "streams": ["b"]}]})
+    assert [p.reach("hub") for p in hosts.sink_places()] == [
+        "tcp://sink-x:7001", "tcp://hub:7003"]
+    assert [p.bind for p in hosts.sink_places()] == ["tcp://*:7001", "tcp://*:7003"]
+    assert config_from_dict({"sources": two}).sink_place().reach("hub") == "tcp://hub:5561"

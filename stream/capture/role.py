@@ -21,7 +21,7 @@ from collections.abc import Callable
 from stream.capture.links import CaptureLinks, Link, sink_links
 from stream.capture.router import Router
 from stream.capture.session import STALL_TIMEOUT_S, CaptureSettings, SourceSession
-from stream.config import ModelConfig, StreamConfig, connect_endpoint
+from stream.config import ModelConfig, StreamConfig
 from stream.dispatch import Dispatcher, task_socket
 from stream.errors import ConfigError, SourceError
 from stream.runtime import cpu_seconds
@@ -173,7 +173,7 @@ def run_capture(cfg: StreamConfig, source_id: str, stop: threading.Event,
         tasks = task_socket(sockets)
         sockets.bind(tasks, cfg.frames_bind(index), "frames")
         control, video = sink_links(sockets, cfg.transport.hwm)
-        sink = connect_endpoint(cfg.sink_of(src.id).inbox, sink_host)  # its stream's sink
+        sink = cfg.sink_of(src.id).reach(sink_host)  # the sink that owns this stream
         sink_key = sockets.server_key("sink")
         sockets.connect(control, sink, "sink", sink_key)
         sockets.connect(video, sink, "sink", sink_key)

@@ -384,8 +384,9 @@ class StreamConfig(Strict):
         """Every sink of the deployment: the `sinks` entries, or the one default sink."""
         if not self.sinks:
             return [SinkPlace("", self.transport.sink, self.sink.events,
-                              tuple(s.id for s in self.sources))]
-        return [SinkPlace(e.name, e.inbox, e.events, tuple(e.streams)) for e in self.sinks]
+                              tuple(s.id for s in self.sources), self.transport.sink)]
+        return [SinkPlace(e.name, e.inbox, e.events, tuple(e.streams), e.inbox_bind or e.inbox)
+                for e in self.sinks]
 
     def sink_place(self, name: str | None = None) -> SinkPlace:
         """The sink called ``name`` (None: the only one).
@@ -536,8 +537,10 @@ class StreamConfig(Strict):
             if src.id not in owner:
                 problems.append(Problem(("sources", i, "id"), "no sink owns this stream: "
                                         "list it in one sinks[].streams", src.id))
-        bound = [(("sinks", i, k), getattr(e, k)) for i, e in enumerate(self.sinks)
-                 for k in ("inbox", "events")]
+        # Best effort: sinks at hosts of their own may share ports; same-text clashes only.
+        bound = [(("sinks", i, "inbox_bind" if e.inbox_bind else "inbox"), e.inbox_bind or e.inbox)
+                 for i, e in enumerate(self.sinks)]
+        bound += [(("sinks", i, "events"), e.events) for i, e in enumerate(self.sinks)]
         bound += [(("sources", i, "frames"), self.frames_bind(i))
                   for i in range(len(self.sources)) if self._on_hub(i)]
         for j, (loc, address) in enumerate(bound):
@@ -558,7 +561,7 @@ class StreamConfig(Strict):
             (("transport", "sink"), self.transport.sink),
         ]
         bound += [(("sinks", i, k), getattr(e, k)) for i, e in enumerate(self.sinks)
-                  for k in ("inbox", "events")]
+                  for k in ("inbox", "events", "inbox_bind") if getattr(e, k)]
         for i, src in enumerate(self.sources):
             where = "frames_bind" if src.frames_bind else "frames" if src.frames else None
             loc: Loc = ("sources", i, where) if where else ("transport", "frames")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pydantic import Field, field_validator
 
 from stream.config.base import Strict
-from stream.config.endpoints import check_endpoint
+from stream.config.endpoints import WILDCARD_HOSTS, check_endpoint, connect_endpoint, split_tcp
 from stream.ids import STREAM_ID_RULE, is_stream_id
 
 
@@ -30,8 +30,13 @@ class SinkEntry(Strict):
     name: str = Field(
         description="The sink's name (`stream sink CONFIG --name NAME`); same rule as ids.")
     inbox: str = Field(
-        description="What this sink binds for captures and workers (as transport.sink for "
-        "a single sink); peers connect to it, a wildcard host taken as --connect HOST.")
+        description="Where captures and workers reach this sink, e.g. tcp://sink-west:5581 "
+        "(a wildcard host, tcp://*:5581, is taken as their --connect HOST); the sink binds "
+        "it too unless inbox_bind says otherwise.")
+    inbox_bind: str | None = Field(
+        default=None,
+        description="What the sink binds when it differs from `inbox` (tcp://*:5581 on a "
+        "host that peers reach as sink-west); null = `inbox`.")
     events: str = Field(description="What this sink binds for label events (as sink.events).")
     streams: list[str] = Field(
         min_length=1, description="Stream ids (sources[].id) this sink owns.")
@@ -43,10 +48,10 @@ class SinkEntry(Strict):
             raise ValueError(f"a sink name is {STREAM_ID_RULE}")
         return value
 
-    @field_validator("inbox", "events")
+    @field_validator("inbox", "events", "inbox_bind")
     @classmethod
-    def _endpoint(cls, value: str) -> str:
-        return check_endpoint(value)
+    def _endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else check_endpoint(value)
 
 
 @dataclass(frozen=True)
@@ -58,3 +63,13 @@ class SinkPlace:
     inbox: str
     events: str
     streams: tuple[str, ...]
+    bind: str = ""
+
+    def reach(self, host: str | None) -> str:
+        """Where a capture or worker started with ``--connect HOST`` sends to this sink:
+        the single default sink on HOST (as ever); a `sinks[]` entry at its own host, a
+        wildcard host taken as HOST (or 127.0.0.1)."""
+        if self.name and self.inbox.startswith("tcp://") and (
+                split_tcp(self.inbox)[0] not in WILDCARD_HOSTS):
+            return self.inbox
+        return connect_endpoint(self.inbox, host)

@@ -314,7 +314,7 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
     with Sockets(curve=Curve.from_config(cfg.security)) as sockets:
         inbox = sockets.socket(zmq.PULL, rcvhwm=RCVHWM, linger_ms=0,
                                max_msg=MAX_MESSAGE_BYTES)
-        sockets.bind(inbox, place.inbox, "sink")
+        sockets.bind(inbox, place.bind, "sink")
         pub = EventPublisher.bind(sockets, place.events)
         log.info("label events on %s", place.events)
         publisher = Publisher(pub.publish, labels, s.smoothing, cfg.model.top_k)
