@@ -130,6 +130,7 @@ class _WorkerState:
     capacity: int = 0
     last_seen: float = 0.0
     inflight: dict[int, Task] = field(default_factory=dict)
+    believed: int = 0  # ready frames this worker was told of, less the grants it used
 
 
 class Dispatcher:
@@ -158,7 +159,6 @@ class Dispatcher:
         """Tasks sent and not yet done or lost (kept as a number: other threads read it)."""
         self.sent = 0
         self._reject = Rejections(log)
-        self._announced = 0
         self._announced_at = float("-inf")
 
     @property
@@ -180,15 +180,24 @@ class Dispatcher:
         self.announce()
 
     def announce(self, force: bool = False) -> None:
-        """Tell every worker how many frames are ready, when that grew or a heartbeat is due."""
+        """Tell each worker how many frames are ready when it believes fewer (a new frame,
+        or one that came while its grant was being answered), and everyone on the
+        heartbeat (repairs a note lost to a reconnect)."""
         n = self.supply.ready()
+        if not n:
+            return
         now = self.clock()
-        due = now - self._announced_at >= HEARTBEAT_S
-        if n and (force or n > self._announced or due):
-            for ident in list(self.workers):
-                self._send(ident, Ready(self.supply.stream, n, self.supply.live))
+        due = force or now - self._announced_at >= HEARTBEAT_S
+        if due:
             self._announced_at = now
-        self._announced = n
+        for ident, w in list(self.workers.items()):
+            if due or w.believed < n:
+                self._tell(ident, w)
+
+    def _tell(self, ident: bytes, w: _WorkerState, declined: int = 0) -> None:
+        n = self.supply.ready()
+        if self._send(ident, Ready(self.supply.stream, n, self.supply.live, declined)):
+            w.believed = n
 
     def _on_message(self, ident: bytes, frames: list[memoryview]) -> None:
         msg = decode_as(Credit, frames, self._reject, "frames socket (from a worker)")
@@ -200,9 +209,6 @@ class Dispatcher:
                 return
             w = self.workers[ident] = _WorkerState(msg.worker)
             log.info("worker %s joined", msg.worker)
-            n = self.supply.ready()
-            if n:  # it has not heard of the frame waiting here
-                self._send(ident, Ready(self.supply.stream, n, self.supply.live))
         w.last_seen = self.clock()
         for seq in msg.done:
             if w.inflight.pop(seq, None) is not None:
@@ -220,8 +226,7 @@ class Dispatcher:
             if not self._answer(ident, w):
                 declined += 1
         if declined:
-            self._send(ident, Ready(self.supply.stream, self.supply.ready(), self.supply.live,
-                                    declined))
+            self._tell(ident, w, declined)
 
     def _answer(self, ident: bytes, w: _WorkerState) -> bool:
         """Answer one granted slot with a task; False when there is nothing to send (or the
@@ -237,6 +242,7 @@ class Dispatcher:
                 self.on_lost(task, resent)
             return False
         w.inflight[task.seq] = task
+        w.believed = max(0, w.believed - 1)
         self.inflight += 1
         self.sent += 1
         return True

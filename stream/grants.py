@@ -4,7 +4,7 @@ A worker has ``requests`` infer requests and may hold ``requests + prefetch`` ta
 whatever the number of captures it serves (the capture half, and the conversation, are in
 :mod:`stream.dispatch`). :class:`GrantScheduler` keeps, per capture: how many frames it
 said it has ready (``ready``), whether it is live, the grants it has not answered yet, and
-when it was last granted a slot. Whenever a slot is free it grants ONE slot to the ready
+when it last sent a task. Whenever a slot is free it grants ONE slot to the ready
 capture served least recently (round robin among those waiting), so streams share the
 worker evenly whatever their number. A LIVE capture is granted only when an infer request
 is free (held + granted < requests): its frame is picked at that moment, the newest, and
@@ -54,8 +54,9 @@ class GrantScheduler:
         self.ungranted = 0
         self._ready = [0] * n
         self._live = [False] * n
-        self._grants: list[deque[float]] = [deque() for _ in range(n)]
-        self._last_grant = [float("-inf")] * n
+        # per capture: (time, its previous last-served time) of each unanswered grant
+        self._grants: list[deque[tuple[float, float]]] = [deque() for _ in range(n)]
+        self._last_served = [float("-inf")] * n
         self._done: list[list[int]] = [[] for _ in range(n)]
         self._last_beat: float | None = None
 
@@ -69,7 +70,8 @@ class GrantScheduler:
         self._ready[i] = msg.frames
         self._live[i] = msg.live
         for _ in range(min(msg.declined, len(self._grants[i]))):
-            self._grants[i].popleft()
+            # a grant handed back was no service: the capture keeps its turn
+            self._last_served[i] = self._grants[i].popleft()[1]
 
     def received(self, i: int) -> None:
         """A task from capture ``i`` arrived (it now holds a slot until :meth:`done`)."""
@@ -88,30 +90,36 @@ class GrantScheduler:
         """Grant every free slot, report finished seqs, heartbeat everyone when due."""
         now = self.clock()
         for g in self._grants:
-            while g and now - g[0] > GRANT_TIMEOUT_S:
+            while g and now - g[0][0] > GRANT_TIMEOUT_S:
                 g.popleft()
+        beat = self._last_beat is None or now - self._last_beat >= HEARTBEAT_S
+        if beat:
+            self._last_beat = now
+        # Done seqs first: a capture hears that a slot freed before any other capture is
+        # granted it.
+        for i in range(len(self.socks)):
+            if beat or self._done[i]:
+                self._send(i)
         while (i := self._pick()) is not None:
             if not self._send(i, grant=1):
                 self._ready[i] = 0  # its link is full: try it again when it says ready
                 continue
-            self._grants[i].append(now)
+            self._grants[i].append((now, self._last_served[i]))
+            self._last_served[i] = now
             self._ready[i] -= 1
-            self._last_grant[i] = now
-        beat = self._last_beat is None or now - self._last_beat >= HEARTBEAT_S
-        if beat:
-            self._last_beat = now
-        for i in range(len(self.socks)):
-            if beat or self._done[i]:
-                self._send(i)
 
     def _pick(self) -> int | None:
-        """The ready capture served least recently that may take a slot now, if any."""
+        """The ready capture served least recently that may take a slot now, if any.
+
+        "Served" is when it was last granted a slot it used: a grant it had to give back
+        (its frame was taken by another worker) does not cost it its turn.
+        """
         used = self.held + self.granted
         best: int | None = None
         for i, ready in enumerate(self._ready):
             limit = self.requests if self._live[i] else self.capacity
             if ready > 0 and used < limit and (
-                    best is None or self._last_grant[i] < self._last_grant[best]):
+                    best is None or self._last_served[i] < self._last_served[best]):
                 best = i
         return best
 
