@@ -97,9 +97,9 @@ class GrantScheduler:
             self._last_beat = now
         # Done seqs first: a capture hears that a slot freed before any other capture is
         # granted it.
-        for i in range(len(self.socks)):
-            if beat or self._done[i]:
-                self._send(i)
+        for k in range(len(self.socks)):
+            if beat or self._done[k]:
+                self._send(k)
         while (i := self._pick()) is not None:
             if not self._send(i, grant=1):
                 self._ready[i] = 0  # its link is full: try it again when it says ready
