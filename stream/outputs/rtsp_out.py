@@ -49,7 +49,7 @@ import numpy as np
 from stream.config.redact import redact_url
 from stream.outputs.base import OutputFrame
 from stream.outputs.bounded_call import BoundedCaller
-from stream.outputs.video_file import TICKS_PER_SECOND, Timeline, even_size, render, yuv420_frame
+from stream.outputs.encoders import TICKS_PER_SECOND, Timeline, even_size, render, yuv420_frame
 
 log = logging.getLogger(__name__)
 
