@@ -246,3 +246,36 @@ def test_a_read_only_folder_is_a_config_error_not_a_traceback(tmp_path: Path,
         message = str(info.value)
         assert message.startswith(f"cannot write videos into {target}: Read-only file system")
         assert "sink.output_dir" in message
+
+
+def test_segments_start_every_n_seconds_and_together_hold_every_frame(tmp_path: Path) -> None:
+    wall = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    n = 130  # 5.2 s at 25 fps: segments of 2 s hold 50, 50 and 30 frames
+    out = VideoFileOutput(str(tmp_path), draw=False, segment_s=2.0)
+    write_all(out, [make_frame("cam", i, numbered(i), i / 25, ts=wall + i / 25)
+                    for i in range(n)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["cam@20270115T080000Z.mp4", "cam@20270115T080002Z.mp4",
+                     "cam@20270115T080004Z.mp4"]
+    decoded = []
+    for name, count in zip(names, (50, 50, 30), strict=True):
+        info = ffprobe(tmp_path / name, "-count_frames", "-show_entries",
+                       "stream=codec_name,nb_read_frames")["streams"][0]
+        assert (info["codec_name"], int(info["nb_read_frames"])) == ("h264", count)
+        assert frame_times(tmp_path / name)[0] == 0.0  # each segment timed from its start
+        decoded += decode_all(tmp_path / name)
+    levels = [int(f[100:, 100:].mean()) for f in decoded]
+    assert len(levels) == n
+    assert all(abs(lv - ((i * 37) % 200 + 20)) <= 3 for i, lv in enumerate(levels)), levels
+
+
+def test_segments_starting_within_one_second_never_overwrite(tmp_path: Path) -> None:
+    # A file source read faster than real time: media time runs 25x faster than the
+    # wall clock, so several segments start within one wall second.
+    out = VideoFileOutput(str(tmp_path), draw=False, segment_s=1.0)
+    write_all(out, [make_frame("f", i, numbered(i), i / 25, ts=1_800_000_000.0 + i / 625)
+                    for i in range(60)])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["f@20270115T080000Z-2.mp4", "f@20270115T080000Z-3.mp4",
+                     "f@20270115T080000Z.mp4"]
+    assert sum(len(decode_all(tmp_path / name)) for name in names) == 60

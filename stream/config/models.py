@@ -240,6 +240,15 @@ class SinkConfig(Strict):
         "Credentials (rtsp://user:${RTSP_PASSWORD}@...) are never logged. A server that is "
         "down is retried with backoff; null = off.",
     )
+    segment_s: float | None = Field(
+        default=None,
+        ge=1,
+        le=7 * 86400,
+        description="Start a new video file every this many seconds of media time (e.g. "
+        "3600: one file an hour, for cameras that run for days), named "
+        "<id>@<UTC start>.mp4 (e.g. cam1@20261127T183000Z.mp4); null = one file per "
+        "stream and session.",
+    )
 
     @field_validator("events")
     @classmethod

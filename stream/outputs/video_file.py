@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from stream.ids import path_inside
 from stream.outputs.base import OutputFrame
 from stream.outputs.encoders import (
     FORMATS,
+    TICKS_PER_SECOND,
     AvWriter,
     CvWriter,
     Timeline,
@@ -49,6 +51,7 @@ from stream.outputs.encoders import (
 )
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class _File:
@@ -81,6 +84,15 @@ class VideoFileOutput:
     ``~`` is outside the id rule, so a restart of ``cam`` never takes the file of a stream
     named ``cam-2``.
 
+    With ``segment_s`` (cameras that run for days), a new file starts every ``segment_s``
+    seconds of media time, named ``<stream>[~<session>]@<UTC start>.<container>``, e.g.
+    ``cam1@20261127T183000Z.mp4`` (the capture wall time of its first frame; ``@`` is
+    outside the id rule too, and the names sort in recording order). A segment whose name
+    is taken (two starts within one second: a file source read faster than real time, or
+    an earlier run) gets ``-2``, ``-3``... after the time: nothing is overwritten. Each
+    segment is a complete file starting with a keyframe, timed from its own first frame;
+    no frame is lost or repeated at a cut.
+
     An :class:`~stream.outputs.base.Output` (name ``video``); the runner calls it from one
     thread only. ``retry_after_error`` is False: after a failure the stream's file stays as
     written until the next session.
@@ -94,6 +106,8 @@ class VideoFileOutput:
             sample clip, CRF 23): ~8 ms CPU a frame, 2.7 MB, 41.4 dB PSNR; ``veryfast``
             ~15 ms, 1.7 MB, 39.9 dB; OpenCV's ``mp4v`` ~4.5 ms, 4.9 MB, 40.2 dB. The
             encoder shares the machine with inference, so the cheaper preset is the default.
+        segment_s: start a new file every this many seconds of media time (None: one
+            file per session).
 
     Raises:
         ConfigError: ``h264`` in a container other than mp4 or mkv.
@@ -103,7 +117,8 @@ class VideoFileOutput:
     retry_after_error = False
 
     def __init__(self, output_dir: str, container: str = "mp4", codec: str = "h264",
-                 draw: bool = True, preset: str = "superfast") -> None:
+                 draw: bool = True, preset: str = "superfast",
+                 segment_s: float | None = None) -> None:
         if is_h264(codec) and container not in FORMATS:
             raise ConfigError(f"codec {codec!r} is written to mp4 or mkv, not {container}")
         self.output_dir = output_dir
@@ -111,6 +126,8 @@ class VideoFileOutput:
         self.codec = codec
         self.draw = draw
         self.preset = preset
+        self.segment_ticks = (None if segment_s is None
+                              else max(1, round(segment_s * TICKS_PER_SECOND)))
         self._files: dict[str, _File] = {}
         self._failed: dict[str, int] = {}  # stream -> session whose file failed
 
@@ -130,9 +147,18 @@ class VideoFileOutput:
             file = None
         if file is None:
             file = self._open(frame)
+        ticks = file.timeline.ticks(frame)
+        if self.segment_ticks is not None and ticks >= self.segment_ticks:
+            try:
+                self.end_stream(stream)
+            except OSError:
+                self._failed[stream] = frame.session  # as a failed write: stop this session
+                raise
+            file = self._open(frame)
+            ticks = file.timeline.ticks(frame)
         canvas = render(frame, file.size, self.draw)
         try:
-            file.writer.write(canvas, file.timeline.ticks(frame))
+            file.writer.write(canvas, ticks)
         except (OSError, av.error.FFmpegError) as exc:
             del self._files[stream]
             self._failed[stream] = frame.session
@@ -171,8 +197,7 @@ class VideoFileOutput:
 
     def _open(self, frame: OutputFrame) -> _File:
         size = even_size(frame.image)
-        suffix = "" if frame.session <= 1 else f"~{frame.session}"
-        path = path_inside(self.output_dir, f"{frame.stream}{suffix}.{self.container}")
+        path = self._path(frame)
         fps = frame.source_fps if frame.source_fps > 0 else 25.0
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +213,19 @@ class VideoFileOutput:
         file = _File(frame.session, path, size, writer, Timeline(frame))
         self._files[frame.stream] = file
         return file
+
+    def _path(self, frame: OutputFrame) -> Path:
+        """The file a session (or, when segmenting, a segment) starting at ``frame`` gets."""
+        name = frame.stream if frame.session <= 1 else f"{frame.stream}~{frame.session}"
+        if self.segment_ticks is None:
+            return path_inside(self.output_dir, f"{name}.{self.container}")
+        start = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(frame.ts))
+        for n in range(1, 10_000):
+            path = path_inside(self.output_dir, f"{name}@{start}{'' if n == 1 else f'-{n}'}"
+                                                f".{self.container}")
+            if not path.exists():
+                return path
+        raise OSError(f"no free file name for {name}@{start} in {self.output_dir}")
 
 
 
