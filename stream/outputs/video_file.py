@@ -87,9 +87,10 @@ class VideoFileOutput:
     With ``segment_s`` (cameras that run for days), a new file starts every ``segment_s``
     seconds of media time, named ``<stream>[~<session>]@<UTC start>.<container>``, e.g.
     ``cam1@20261127T183000Z.mp4`` (the capture wall time of its first frame; ``@`` is
-    outside the id rule too, and the names sort in recording order). A segment whose name
-    is taken (two starts within one second: a file source read faster than real time, or
-    an earlier run) gets ``-2``, ``-3``... after the time: nothing is overwritten. Each
+    outside the id rule too; the names sort in recording order when segments start in
+    different seconds). A segment whose name is taken (two starts within one second: a
+    file source read faster than real time, or an earlier run) gets ``-2``, ``-3``...
+    after the time, in the order written: nothing is overwritten. Each
     segment is a complete file starting with a keyframe, timed from its own first frame;
     no frame is lost or repeated at a cut.
 
