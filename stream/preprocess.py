@@ -10,9 +10,10 @@ Why not ``cv2.resize``: OpenCV's INTER_CUBIC does not widen its kernel when it d
 from what the model was trained and evaluated on.
 
 How it is computed: Pillow's own resampler, re-expressed as two banded matrix products.
-Pillow resizes in two passes (horizontal, then vertical on the rows it needs), each output
-a weighted sum of its source neighbours with integer weights (``precompute_coeffs`` then
-``normalize_coeffs_8bpc``: 22 fractional bits) and the intermediate rounded to u8. A
+Pillow resizes in two passes (horizontal then vertical for most sizes; the order is asked
+of Pillow once per size, see :func:`plan_crop`), each output a weighted sum of its source
+neighbours with integer weights (``precompute_coeffs`` then ``normalize_coeffs_8bpc``: 22
+fractional bits) and the intermediate rounded to u8. A
 :class:`CropPlan` computes those exact weights once per source size, keeps only the rows
 and columns of the *whole-image* resize that land in the crop, and stores them as a few
 dense blocks along the band. Per frame the work is: convert the crop's source window to
@@ -20,10 +21,14 @@ f32 (no whole-frame copy), one small BLAS product per block for each pass, and P
 rounding (``floor(x + 0.5)``, clip) after each pass. The weights ``k / 2**22`` are exact in
 f32; only the f32 sums can land on the other side of a rounding boundary, so the result
 equals whole-image Pillow except on ~1e-5 of the values (1 level; 0 for small sources,
-which run in f64). Measured on a 720p frame, one thread: 1.4 ms against 3.7 ms for the
-previous Pillow ``box`` two-pass path (tests/test_preprocess.py holds the fidelity test;
-scripts/preprocess_bench.py the timing). OpenVINO's ``RESIZE_BICUBIC_PILLOW`` was measured
-too and rejected (issue 8): 25 ms per 640² window and ±1 on 12% of values.
+which run in f64). Measured CPU per frame, one thread (scripts/preprocess_bench.py;
+tests/test_preprocess.py holds the fidelity test): 720p 1.4 ms against 3.7 ms for the
+previous Pillow ``box`` two-pass path and 7.9 ms for a whole-frame Pillow resize; 1080p
+3.0 vs 7.0 ms; 640x360 0.5 vs 1.4 ms. The work stays in capture. Rejected after measuring
+(issue 8): OpenVINO's ``RESIZE_BICUBIC_PILLOW`` (PrePostProcessor in the worker's graph, fed
+the crop window: 25 ms of CPU per 640x640 window, and its float pipeline is off by 1 level
+on 12% of values, as is the ``bicubic_pillow`` Interpolate op: 47 ms on a whole 720p frame),
+and OpenCV's ``cv2.split`` for the plane layout (2.4 ms for the window alone).
 
 BLAS threads: these products are small, and OpenBLAS spreads anything above its size
 threshold over every core, which costs more CPU than it saves (1080p: 12.8 ms of CPU on two
