@@ -5,7 +5,8 @@ process and one after the other:
 
 - the video file output, H.264 (libx264 ``superfast``, the default) and ``mp4v`` (OpenCV);
 - RTSP out (libx264 ``ultrafast`` + ``zerolatency``, the default, and ``superfast``) to a
-  real RTSP server, ``ffmpeg -rtsp_flags listen`` discarding what it receives.
+  real RTSP server, ``ffmpeg -rtsp_flags listen`` saving what it receives (its size is
+  the stream's bitrate).
 
 CPU is this process's (every thread, so libx264's own threads count), divided by frames;
 the label panel is drawn as in a run. Machines differ and a shared box is noisy: compare
@@ -86,12 +87,14 @@ def main() -> int:
             port = free_port()
             rx = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-rtsp_flags", "listen",
                                    "-i", f"rtsp://127.0.0.1:{port}/cam", "-c", "copy",
-                                   "-f", "null", "-"])
+                                   "-f", "matroska", str(d / f"rtsp-{preset}.mkv")])
             try:
                 time.sleep(1.0)  # a benchmark, not a test: give the listener time to bind
                 out = RtspOutput(f"rtsp://127.0.0.1:{port}/{{stream}}", preset=preset)
                 run(f"rtsp {preset}", out, frames)
                 rx.wait(10)  # the TEARDOWN ends the one-shot listener
+                size = (d / f"rtsp-{preset}.mkv").stat().st_size
+                print(f"{'':32s} received {size / 1e6:.2f} MB")
             finally:
                 if rx.poll() is None:
                     rx.kill()

@@ -171,8 +171,9 @@ class RtspOutput:
         url_template: ``rtsp://`` or ``rtsps://`` URL; ``{stream}`` is replaced by the
             stream id (validated by the config: needed when there are several streams).
         draw: draw the label panel (on a copy).
-        preset: libx264 preset: ``ultrafast`` (default: the sink shares the CPU with
-            inference) or ``superfast`` (about half the bitrate for ~1.5x the CPU).
+        preset: libx264 preset. ``ultrafast`` (default: the sink shares the CPU with
+            inference): ~6 ms CPU a frame at 720p30, ~3.2 Mbit/s for the sample clip;
+            ``superfast``: ~9 ms, ~2.5 Mbit/s (``scripts/output_costs.py``, one noisy run).
         timeout_s: bound on a connection attempt and on each write.
         backoff_min_s, backoff_max_s: wait after a failed attempt, doubling up to the max.
         clock: monotonic seconds (injected so tests drive the backoff).
