@@ -312,3 +312,22 @@ def test_a_server_that_stops_reading_costs_at_most_the_timeout(receivers) -> Non
     assert counts["written"] + counts["failed"] == seq and counts["queue_full"] == 0
     errors = runner.take_errors()
     assert errors and "no answer within 0.5 s" in errors[0][1], errors
+
+
+def test_a_new_session_publishes_again_and_is_not_a_reconnect(receivers) -> None:
+    port = find_free_port_base(1)
+    out = RtspOutput(f"rtsp://127.0.0.1:{port}/live/{{stream}}")
+    got = []
+    for session, name in ((1, "one"), (2, "two")):
+        rx = receivers(port, name).start()
+        for i in range(8):
+            f = make_frame("cam", i)
+            out.write(OutputFrame(f.stream, session, f.seq, f.pts, f.ts, f.image, f.labels,
+                                  None, None, 25.0))
+        out.end_stream("cam")
+        assert rx.wait_exit() == 0, rx.log.read_text()
+        got.append(len(rx.read()))
+    out.close()
+    c = out.counters()["cam"]
+    assert got == [8, 8]
+    assert (c.connects, c.reconnects, c.disconnects, c.frames_sent) == (2, 0, 0, 16)

@@ -73,7 +73,8 @@ class RtspCounters:
     Attributes:
         connected: publishing now.
         connects: connections that worked (the first one and every reconnect).
-        reconnects: connections that worked after an earlier one was lost or failed.
+        reconnects: connections that worked after a lost connection or failed attempts
+            (a stream's first connection, or one after a clean end, is not a reconnect).
         connect_failures: connection attempts that failed (server down, refused, timeout).
         disconnects: working connections lost while publishing (server gone).
         frames_sent: frames handed to the server.
@@ -160,7 +161,7 @@ class _State:
     timeline: Timeline | None = None
     next_try: float = 0.0
     backoff_s: float = 0.0
-    was_up: bool = False
+    troubled: bool = False  # a connect failed or the connection was lost since the last up
     counters: RtspCounters = RtspCounters()
 
 
@@ -223,6 +224,7 @@ class RtspOutput:
             st.link.send(render(frame, st.size, self.draw), st.timeline.ticks(frame))
         except (OSError, av.error.FFmpegError) as exc:
             self._drop_link(st, now)
+            st.troubled = True
             self._count(frame.stream, st, connected=False, disconnects=1)
             log.warning("rtsp out %s: connection lost (%s); reconnecting",
                         redact_url(st.url), _reason(exc))
@@ -274,13 +276,14 @@ class RtspOutput:
             st.backoff_s = (self.backoff_min_s if st.backoff_s == 0
                             else min(2 * st.backoff_s, self.backoff_max_s))
             st.next_try = now + st.backoff_s
+            st.troubled = True
             self._count(frame.stream, st, connect_failures=1)
             log.warning("rtsp out %s: cannot connect (%s); next try in %.1f s",
                         redact_url(st.url), _reason(exc), st.backoff_s)
             raise OSError(f"rtsp out {redact_url(st.url)}: cannot connect: "
                           f"{_reason(exc)}") from None
-        st.link, st.timeline, st.backoff_s = link, timeline, 0.0
-        again = 1 if st.counters.connects or st.counters.connect_failures else 0
+        again = 1 if st.troubled else 0
+        st.link, st.timeline, st.backoff_s, st.troubled = link, timeline, 0.0, False
         self._count(frame.stream, st, connected=True, connects=1, reconnects=again,
                     frames_sent=1)
         log.info("rtsp out %s: publishing stream %s (%dx%d)%s", redact_url(st.url),
