@@ -331,3 +331,25 @@ def test_a_new_session_publishes_again_and_is_not_a_reconnect(receivers) -> None
     c = out.counters()["cam"]
     assert got == [8, 8]
     assert (c.connects, c.reconnects, c.disconnects, c.frames_sent) == (2, 0, 0, 16)
+
+
+def test_bounded_caller_gives_up_on_a_late_call_and_closes_after_it() -> None:
+    import threading
+
+    from stream.outputs.bounded_call import BoundedCaller
+
+    release, order = threading.Event(), []
+    caller = BoundedCaller("test")
+    caller.call(lambda: order.append("first"), 5)
+    with pytest.raises(ValueError, match="boom"):
+        caller.call(lambda: (_ for _ in ()).throw(ValueError("boom")), 5)
+    with pytest.raises(TimeoutError, match=r"no answer within 0\.1 s"):
+        caller.call(lambda: (release.wait(10), order.append("late")), 0.1)
+    assert caller.hung
+    with pytest.raises(TimeoutError, match="has not returned"):
+        caller.call(lambda: order.append("refused"), 5)
+    caller.finish(lambda: order.append("close"), 0.0)  # does not wait behind the late call
+    assert order == ["first"]
+    release.set()
+    wait_until(lambda: order == ["first", "late", "close"], 5, "the late call, then close")
+    assert not caller.hung
