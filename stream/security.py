@@ -180,7 +180,9 @@ class HandshakeWatch:
             while not self._stop.is_set():
                 if not mon.poll(100):
                     continue
-                value = int(recv_monitor_message(mon)["value"])
+                event = recv_monitor_message(mon)
+                value = int(event["value"])
+                log.debug("handshake failed on %s: %s", endpoint, event)
                 with self._lock:
                     self.count += 1
                     first = (endpoint, value) not in self._seen

@@ -78,22 +78,27 @@ def test_trusted_client_gets_through_others_are_refused_and_counted(
         server.bind(pull, endpoint, "test")
         for _ in range(2):
             _send_one(keys, "rogue", endpoint, b"forged")
-        _send_one(keys, None, endpoint, b"plain")
         _send_one(keys, "good", endpoint, b"hello")
         assert pull.poll(5000), "the trusted client's message never arrived"
         assert pull.recv() == b"hello"
+        # Two by the allow-list (one key); a peer without CURVE fails the handshake before
+        # ZAP: the socket monitor counts it (how libzmq names the failure varies: a
+        # mechanism mismatch, or a broken pipe when the peer gives up first).
+        def peer_lines() -> list[str]:
+            return [r.getMessage() for r in caplog.records
+                    if r.getMessage().startswith("refused a peer on")]
+        with Sockets() as plain_peer:
+            push = plain_peer.socket(zmq.PUSH, linger_ms=0)
+            plain_peer.connect(push, endpoint, "test")
+            push.send(b"plain", zmq.NOBLOCK)  # queued: the connection never completes
+            wait_until(peer_lines, 10, "the plain peer's failed handshake to be logged")
         assert not pull.poll(300), "a refused peer's message got through"
-        # Two by the allow-list (one key); the plain peer fails the handshake before ZAP
-        # (the socket monitor counts it; a peer closing mid-handshake may add one).
-        plain = lambda: [r for r in caplog.records  # noqa: E731
-                         if "does not use CURVE" in r.getMessage()]
-        wait_until(plain, 5, "the plain peer's failed handshake to be logged")
         assert server.curve is not None and server.curve._allow is not None
         assert server.curve._allow.count == 2
         assert server.refused >= 3
     by_key = [r for r in caplog.records if "refused a connection from key" in r.getMessage()]
     assert len(by_key) == 1, "logged once per key"
-    assert len(plain()) == 1, "logged once per endpoint and kind"
+    assert len(peer_lines()) == len(set(peer_lines())), "logged once per endpoint and kind"
 
 
 def test_allowlist_reads_the_folder_again_for_a_new_key(keys: Path) -> None:
