@@ -23,13 +23,14 @@ Measure, back to back on this machine and IR, and print as ratios:
                  request latency (benchmark_app if on PATH, else OpenVINO's Python API:
                  the line says which), and the inference precision OpenVINO picked
                  (bf16 on CPUs with AVX-512 bf16 or AMX, else f32, unless --precision)
-  labels only    `stream run` on a generated clip (default 1280x720 H.264, 25 fps), no
-                 video written: labels/s / raw THROUGHPUT frames/s
+  labels only    `stream run` on a generated clip (default 1280x720 H.264, 25 fps; its
+                 model.hint auto -> THROUGHPUT for a file), no video written:
+                 labels/s / raw THROUGHPUT frames/s
   with video     the same, writing the overlaid video: labels/s / raw THROUGHPUT
   live           the clip paced in real time like a camera (model.hint auto -> LATENCY):
-                 labels/s / raw LATENCY frames/s (when the camera is faster than the
-                 model, the model's speed is the ceiling), and label latency p50/p99 seen
-                 by a subscriber / the LATENCY median request latency
+                 labels/s / raw LATENCY frames/s, or / the clip's 25 fps when that is
+                 lower (no pipeline labels more than the camera sends), and the label
+                 latency p50/p99 a subscriber sees / the LATENCY median request latency
   framework tax  the same two runs with a trivial IR (global average pool + one matmul to
                  1000 outputs: next to no compute) / OpenCV decoding the clip alone: what
                  the pipeline itself costs
