@@ -257,3 +257,26 @@ def test_a_reconnect_hello_behind_full_frames_is_not_a_restart_but_seq_going_bac
     out += o.handle(frame(13), 0.2)
     out += o.handle(hello("a", "drop", seq=0), 0.3)  # the capture process restarted
     assert len(o.streams["a"].stats.sessions) == 2
+
+
+def test_full_frames_wait_for_the_hello_that_says_the_stream_is_a_file() -> None:
+    """Released before the hello, a file's first frames were taken for live ones (their
+    video output was not waited for: `queue_full` on a file, seen in e2e runs). They are
+    held until the hello comes, or, for a sink that joined mid-stream and never gets a
+    hello, until the reorder timeout."""
+    o = Ordering(timeout_s=1.0)
+    early = []
+    for seq in range(3):
+        early += o.handle(frame(seq, image=True), 0.0)
+        early += o.handle(result(seq), 0.0)
+    early += o.release(0.5)
+    assert outcomes(early) == []
+    later = o.handle(hello("a", "wait", 0, total=3), 0.6) + o.release(0.6)
+    assert labelled(later, "a") == [0, 1, 2]
+    assert o.streams["a"].lossless
+    joined = Ordering(timeout_s=1.0)
+    for seq in range(100, 103):
+        joined.handle(frame(seq, image=True), 0.0)
+        joined.handle(result(seq), 0.0)
+    assert outcomes(joined.release(0.5)) == []
+    assert labelled(joined.release(1.0), "a") == [100, 101, 102]

@@ -154,6 +154,7 @@ class StreamOrder:
         self.eos_at = 0.0
         self.closed = False  # the current session has been drained and reported ended
         self.control_max = -1  # highest seq of a stamp or drop since the last hello
+        self.first_seen: float | None = None  # when the sink first held a frame of it
         self.stats = StreamStats(sessions=[Session(1, 0)])
 
     @property
@@ -202,6 +203,8 @@ class StreamOrder:
             elif isinstance(msg, Frame) and msg.image is not None:
                 self.stats.late_frames += 1
             return
+        if self.first_seen is None:
+            self.first_seen = now
         if isinstance(msg, Drop) or (isinstance(msg, Frame) and msg.image is None):
             self.control_max = max(self.control_max, msg.seq)
         e = self.pending.get(msg.seq)
@@ -283,6 +286,19 @@ class StreamOrder:
             return True  # its capture sends every frame, result or drop: never give up
         return now - e.seen < self.timeout_s
 
+    def _awaits_hello(self, now: float) -> bool:
+        """Hold a stream's first frames until its hello says what kind of stream it is.
+
+        Full frames (video link) can come before the hello (control link); released
+        before it, a file's frames would be treated as live ones (outputs not waited for,
+        frames dropped). A stamp or drop means the hello was sent before it on the same
+        link, so a sink that joined mid-stream (and will never see the hello) goes on at
+        once; otherwise the hold ends after the reorder timeout.
+        """
+        if self.hello is not None or self.control_max >= 0:
+            return False
+        return self.first_seen is None or now - self.first_seen < self.timeout_s
+
     def release(self, now: float, force: str | None = None) -> list[Released]:
         """Everything of this stream that is ready, in seq order (with ``force``, every
         pending seq up to the last one known, dropped as ``force`` if unresolved)."""
@@ -293,6 +309,8 @@ class StreamOrder:
             if force is not None:
                 self.stats.late += len(self.pending)
                 self.pending.clear()
+            return out
+        if self._awaits_hello(now) and force is None:
             return out
         session = self.session.number
         while not self.done:
