@@ -74,6 +74,7 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.raw_calls: list[str] = []
 
     def make_clip(self, path: Path, frames: int, size: tuple[int, int], fps: float) -> str:
         return f"{size[0]}x{size[1]} {frames} frames"
@@ -83,7 +84,10 @@ class FakeBackend:
 
     def raw_model(self, model: str, hint: str, seconds: float, device: str,
                   precision: str | None, tool: str) -> Raw:
-        fps, med = (15.0, 150.0) if hint == "THROUGHPUT" else (12.0, 80.0)
+        # THROUGHPUT drifts between the start and the end: 14 then 16 frames/s (mean 15)
+        self.raw_calls.append(hint)
+        fps, med = (12.0, 80.0) if hint == "LATENCY" else (
+            (14.0, 140.0) if self.raw_calls.count(hint) == 1 else (16.0, 160.0))
         return Raw(hint, fps, med, "f32", "fake")
 
     def decode_fps(self, clip: Path) -> float:
@@ -106,7 +110,9 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     fake = FakeBackend()
     report = run_bench(Options("m.xml", tmp_path), fake)
     text = "\n".join(render(report))
-    assert "THROUGHPUT hint: 15.00 frames/s, median request 150.0 ms" in text
+    assert ("THROUGHPUT hint: 14.00 frames/s, median request 140.0 ms; at the end 16.00 "
+            "frames/s, 160.0 ms; yardstick (mean) 15.00 frames/s, 150.0 ms") in text
+    assert fake.raw_calls == ["THROUGHPUT", "LATENCY", "THROUGHPUT", "LATENCY"]
     assert re.search(r"labels only\s+14\.40 labels/s = 0\.96x raw THROUGHPUT", text)
     assert re.search(r"with video\s+13\.50 labels/s = 0\.90x raw THROUGHPUT", text)
     # live: the model (12 fps) is slower than the 25 fps source, so it is the ceiling
