@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 
@@ -54,7 +56,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run_live(tree: Path, model: Path, n: int, size: tuple[int, int], tmp: Path,
-             warmup: float, seconds: float) -> dict[str, object]:
+             warmup: float, seconds: float, hint: str | None = None) -> dict[str, object]:
     """One ``stream run`` with ``n`` live sources; the figures of its steady window."""
     clips = []
     for i in range(n):
@@ -66,6 +68,10 @@ def run_live(tree: Path, model: Path, n: int, size: tuple[int, int], tmp: Path,
     cfg = write_config(tmp / f"live{n}.yaml", port_base=base, model=model, workers=1,
                        sources=[{"id": f"cam{i}", "url": str(c), "realtime": True,
                                  "loop": True} for i, c in enumerate(clips)])
+    if hint is not None:  # the same hint in both trees isolates the scheduling
+        data = yaml.safe_load(cfg.read_text(encoding="utf-8"))
+        data["model"]["hint"] = hint
+        cfg.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     events = EventLog(f"tcp://127.0.0.1:{base}", types=["label"])
     env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen([sys.executable, "-m", "stream", "run", str(cfg)], cwd=tree,
@@ -131,21 +137,26 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--raw", action="store_true",
                     help="also measure the model alone (throughput, median request latency)")
-    ap.add_argument("--hint", default="THROUGHPUT", help="OpenVINO hint for --raw")
+    ap.add_argument("--hint", default=None,
+                    help="model.hint written into the run's config (default: the tree's own "
+                         "default); --raw uses it too (THROUGHPUT when not given)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="stream-sched-") as d:
         tmp = Path(d)
         model = build_oracle_ir(tmp / "oracle.xml") if args.model == "oracle" \
             else Path(args.model).resolve()
-        print(f"tree {args.tree}  model {model.name}  window {args.seconds:.0f} s after "
-              f"{args.warmup:.0f} s warm-up  (shared machine: compare within one run)")
+        print(f"tree {args.tree}  model {model.name}  hint {args.hint or 'default'}  "
+              f"window {args.seconds:.0f} s after {args.warmup:.0f} s warm-up  (shared "
+              "machine: compare within one run)")
         if args.raw:
-            fps, med = raw_model(model, args.hint, 10.0)
-            print(f"raw model ({args.hint}): {fps:.2f} inferences/s, median request "
+            hint = args.hint if args.hint not in (None, "auto") else "THROUGHPUT"
+            raw_fps, med = raw_model(model, hint, 10.0)
+            print(f"raw model ({hint}): {raw_fps:.2f} inferences/s, median request "
                   f"{med:.1f} ms")
         for n in args.sources:
             w, h = map(int, (args.size or ("1280x720" if n == 1 else "640x360")).split("x"))
-            got = run_live(args.tree, model, n, (w, h), tmp, args.warmup, args.seconds)
+            got = run_live(args.tree, model, n, (w, h), tmp, args.warmup, args.seconds,
+                           args.hint)
             fps = got["fps"]
             lat = got["lat"]
             assert isinstance(fps, dict) and isinstance(lat, list)

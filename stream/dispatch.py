@@ -157,7 +157,6 @@ class Dispatcher:
         self.workers: dict[bytes, _WorkerState] = {}
         self.inflight = 0
         """Tasks sent and not yet done or lost (kept as a number: other threads read it)."""
-        self.sent = 0
         self._reject = Rejections(log)
         self._announced_at = float("-inf")
 
@@ -244,7 +243,6 @@ class Dispatcher:
         w.inflight[task.seq] = task
         w.believed = max(0, w.believed - 1)
         self.inflight += 1
-        self.sent += 1
         return True
 
     def _send(self, ident: bytes, msg: Message) -> bool:

@@ -81,8 +81,10 @@ def softmax_topk_f32(logits: np.ndarray, k: int) -> tuple[np.ndarray, list[int],
 class Worker:
     """Pulls tasks from every capture, runs them asynchronously, pushes results.
 
-    One DEALER socket per capture carries tasks in and ``credit`` messages out (capacity,
-    finished seqs, heartbeat). The main thread owns those sockets and never blocks in
+    One DEALER socket per capture carries ``ready`` notes and tasks in, and ``credit``
+    messages out (one granted slot at a time, finished seqs, heartbeat: see
+    :class:`~stream.grants.GrantScheduler`). The main thread owns those sockets and never
+    blocks in
     OpenVINO: it only starts a request when one is idle (``AsyncInferQueue.is_ready``), so
     heartbeats keep flowing even when inference is slow. Completions are announced to it
     over an inproc socket by the sender thread, which owns the results socket.
