@@ -15,6 +15,7 @@ import pytest
 from stream.bench.figures import (
     Raw,
     Run,
+    fairness,
     live_ceiling,
     percentile,
     ratio,
@@ -64,6 +65,8 @@ def test_ratios_and_percentiles() -> None:
     assert percentile([], 50) is None
     assert percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5  # numpy's default interpolation
     assert percentile([float(i) for i in range(101)], 99) == 99.0
+    assert fairness({"a": 3.0, "b": 2.0}) == 1.5
+    assert fairness({"a": 3.0, "b": 0.0}) is None and fairness({"a": 1.0}) is None
     raw = Raw("LATENCY", 30.0, 30.0, "bf16", "x")
     assert live_ceiling(raw, 25.0)[0] == 25.0  # the camera is the slower one
     assert live_ceiling(Raw("LATENCY", 14.0, 90.0, "f32", "x"), 25.0)[0] == 14.0
@@ -98,12 +101,14 @@ class FakeBackend:
         self.calls.append((name, kwargs))
         if name == "trivial IR, with video":
             raise RuntimeError("encoder missing")
-        fps = {"labels only": 14.4, "with video": 13.5, "live, realtime file": 11.4,
-               "trivial IR, labels only": 260.0}[name]
         live = kwargs.get("live", False)
+        per_stream = ({"bench0": 2.9, "bench1": 2.7, "bench2": 2.7, "bench3": 2.7}
+                      if kwargs.get("sources", 1) == 4 else {})
+        fps = {"labels only": 14.4, "with video": 13.5, "live, realtime file": 11.4,
+               "trivial IR, labels only": 260.0, "4 live cameras": 11.0}[name]
         return Run(name, 100, 100, fps, {"capture": 3.0, "worker": 60.0, "sink": 1.0},
                    "source 2.0, preprocess 1.0", "f32", "LATENCY" if live else "THROUGHPUT",
-                   100.0 if live else None, 160.0 if live else None)
+                   100.0 if live else None, 160.0 if live else None, per_stream)
 
 
 def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
@@ -118,20 +123,24 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     # live: the model (12 fps) is slower than the 25 fps source, so it is the ceiling
     assert re.search(r"live, realtime file\s+11\.40 labels/s = 0\.95x raw LATENCY", text)
     assert "p50 100 ms = 1.25x, p99 160 ms = 2.00x the LATENCY median request" in text
+    # 4 cameras: 11 labels/s in all against the model's 12 (below the 100 fps sent)
+    assert re.search(r"4 live cameras\s+11\.00 labels/s in all = 0\.92x raw LATENCY", text)
+    assert "per stream 2.90, 2.70, 2.70, 2.70 labels/s: max/min 1.07" in text
     assert "OpenCV decode-only 400.0 frames/s" in text
     assert re.search(r"trivial IR, labels only\s+260\.00 labels/s = 0\.65x decode-only", text)
     assert "CPU ms/frame: capture 3.0, worker 60.0, sink 1.0" in text
     # the failed step is a note; nothing else is lost
     assert "note: trivial IR, with video: not measured (RuntimeError: encoder missing)" in text
     names = [n for n, _ in fake.calls]
-    assert names == ["labels only", "with video", "live, realtime file",
+    assert names == ["labels only", "with video", "live, realtime file", "4 live cameras",
                      "trivial IR, labels only", "trivial IR, with video"]
     assert all(kw["hint"] == "auto" for _, kw in fake.calls)
 
 
 def test_skip_leaves_steps_out(tmp_path: Path) -> None:
     fake = FakeBackend()
-    report = run_bench(Options("m.xml", tmp_path, skip=frozenset({"video", "tax"})), fake)
+    report = run_bench(Options("m.xml", tmp_path, skip=frozenset({"video", "tax", "cameras"})),
+                       fake)
     assert [n for n, _ in fake.calls] == ["labels only", "live, realtime file"]
     assert report.decode_fps is None and report.with_video is None
     bad = subprocess.run([sys.executable, "-m", "stream", "bench", "--skip", "nope"],
@@ -150,7 +159,8 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
     and positive (their size is the machine's business, not a test's)."""
     res = subprocess.run(
         [sys.executable, "-m", "stream", "bench", "--model", str(oracle_model[0]), "--quick",
-         "--frames", "40", "--size", "320x240", "--seconds", "1", "--raw-tool", "python",
+         "--frames", "30", "--size", "320x240", "--seconds", "0.5", "--raw-tool", "python",
+         "--cameras", "2",
          "--keep", str(tmp_path)],
         capture_output=True, text=True, timeout=110)
     out = res.stdout
@@ -163,11 +173,13 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
                  "trivial IR, labels only", "trivial IR, with video"):
         assert _number(rf"  {re.escape(name)} +([\d.]+) labels/s", out) > 0
     assert _number(r"label latency p50 ([\d.]+) ms", out) > 0
+    assert _number(r"2 live cameras +([\d.]+) labels/s in all", out) > 0
+    assert _number(r"max/min ([\d.]+)", out) >= 1.0
     assert _number(r"OpenCV decode-only ([\d.]+) frames/s", out) > 0
     cpu_lines = [ln for ln in out.splitlines() if "CPU ms/frame:" in ln]
-    assert len(cpu_lines) == 5
+    assert len(cpu_lines) == 6
     for line in cpu_lines:
         for role in ("capture", "worker", "sink"):
             assert _number(rf"{role} ([\d.]+)", line) > 0
-    # the clip was really 40 frames: every file run labelled all of them
-    assert out.count("(40/40 labelled") >= 2
+    # the clip was really 30 frames: every file run labelled all of them
+    assert out.count("(30/30 labelled") >= 2

@@ -31,6 +31,9 @@ Measure, back to back on this machine and IR, and print as ratios:
                  labels/s / raw LATENCY frames/s, or / the clip's 25 fps when that is
                  lower (no pipeline labels more than the camera sends), and the label
                  latency p50/p99 a subscriber sees / the LATENCY median request latency
+  N cameras      N live sources at once (--cameras, default 4, of a 640x360 clip): labels/s
+                 in all / raw LATENCY (or / the frames sent, when lower), max/min labels/s
+                 per stream (1.00 = fair), latency p50/p99 / the LATENCY median request
   framework tax  the same two runs with a trivial IR (global average pool + one matmul to
                  1000 outputs: next to no compute) / OpenCV decoding the clip alone: what
                  the pipeline itself costs
@@ -47,6 +50,7 @@ examples:
   stream bench --quick                  a short run (~1 min): rougher figures
   stream bench --model my.xml --precision f32
   stream bench --skip video,tax --frames 1000
+  stream bench --cameras 8              the several-cameras run with 8 live sources
 """
 
 
@@ -70,6 +74,8 @@ def add_bench_parser(sub: Any) -> None:
                    help="seconds per raw-model measurement (default 15; --quick 4)")
     p.add_argument("--raw-tool", choices=["auto", "benchmark_app", "python"], default="auto",
                    help="what measures the raw model (auto: benchmark_app if on PATH)")
+    p.add_argument("--cameras", type=int, default=4, metavar="N",
+                   help="live sources in the several-cameras run (default 4; 640x360)")
     p.add_argument("--skip", default="", metavar="LIST",
                    help=f"leave out some of: {', '.join(STEPS)} (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a short run: rougher figures")
@@ -99,13 +105,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size {args.size!r}: width and height must be even and >= 16")
     frames = args.frames or (100 if args.quick else 500)
     seconds = args.seconds or (4.0 if args.quick else 15.0)
-    if frames < 10 or seconds <= 0:
-        raise ConfigError("--frames must be >= 10 and --seconds > 0")
+    if frames < 10 or seconds <= 0 or not 0 <= args.cameras <= 16:
+        raise ConfigError("--frames must be >= 10, --seconds > 0 and --cameras 0..16")
     model = _model(args.model)
 
     def run(workdir: Path) -> int:
         opts = Options(model, workdir, args.device, args.precision, args.workers, frames,
-                       (w, h), 25.0, seconds, args.raw_tool, skip)
+                       (w, h), 25.0, seconds, args.raw_tool, skip, args.cameras)
         report = run_bench(opts, RealBackend(),
                            lambda what: print(f"bench: {what} ...", file=sys.stderr,
                                               flush=True))

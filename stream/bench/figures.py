@@ -48,6 +48,7 @@ class Run:
     hint: str = ""  # the hint model.hint auto resolved to (the worker's log line)
     p50_ms: float | None = None  # label latency seen by a subscriber (live runs)
     p99_ms: float | None = None
+    per_stream: dict[str, float] = field(default_factory=dict)  # labels/s, several streams
 
 
 def worker_settings(stderr: str) -> tuple[str, str]:
@@ -134,8 +135,34 @@ def live_ceiling(raw_latency: Raw | None, source_fps: float) -> tuple[float | No
     if raw_latency is None:
         return None, "raw LATENCY (not measured)"
     if source_fps < raw_latency.fps:
-        return source_fps, f"the source's {source_fps:g} fps (< raw LATENCY)"
+        return source_fps, f"the {source_fps:g} fps sent (< raw LATENCY)"
     return raw_latency.fps, "raw LATENCY"
+
+
+def fairness(per_stream: dict[str, float]) -> float | None:
+    """Max over min labels/s of the streams (1.00 = perfectly fair); None if one got 0."""
+    rates = list(per_stream.values())
+    if len(rates) < 2 or min(rates) <= 0:
+        return None
+    return max(rates) / min(rates)
+
+
+def _cameras_lines(run: Run, base: Raw | None, source_fps: float) -> list[str]:
+    """Several live sources: total / the ceiling, fairness, latency / the LATENCY median."""
+    n = max(1, len(run.per_stream))
+    ceiling, what = live_ceiling(base, n * source_fps)
+    fair = fairness(run.per_stream)
+    each = ", ".join(f"{v:.2f}" for v in run.per_stream.values())
+    med = base.median_ms if base else None
+    p50 = f"{run.p50_ms:.0f}" if run.p50_ms is not None else "n/a"
+    p99 = f"{run.p99_ms:.0f}" if run.p99_ms is not None else "n/a"
+    return [f"  {run.name:<22} {run.fps:7.2f} labels/s in all = {ratio(run.fps, ceiling)} "
+            f"{what} ({run.labelled}/{run.frames} labelled{_settings(run)})",
+            f"      per stream {each} labels/s: max/min "
+            f"{'n/a' if fair is None else f'{fair:.2f}'}; label latency p50 {p50} ms = "
+            f"{ratio(run.p50_ms, med)}, p99 {p99} ms = {ratio(run.p99_ms, med)} the LATENCY "
+            "median request",
+            f"      {_cpu_text(run)}"]
 
 
 def _settings(run: Run) -> str:
@@ -169,6 +196,7 @@ class Report:
     # drifts, so each yardstick is the mean of its start and end figures.
     raw_throughput_end: Raw | None = None
     raw_latency_end: Raw | None = None
+    cameras: Run | None = None  # several live sources at once (smaller frames)
 
 
 def mean_raw(start: Raw | None, end: Raw | None) -> Raw | None:
@@ -218,6 +246,9 @@ def render(r: Report) -> list[str]:
         out.append(f"      label latency p50 {p50} ms = {ratio(lv.p50_ms, med)}, p99 {p99} ms "
                    f"= {ratio(lv.p99_ms, med)} the LATENCY median request")
         out.append(f"      {_cpu_text(lv)}")
+    if r.cameras is not None:
+        out.extend(_cameras_lines(r.cameras, mean_raw(r.raw_latency, r.raw_latency_end),
+                                  r.source_fps))
     if r.decode_fps is not None:
         out.append(f"framework tax (trivial IR: global average pool + one matmul), "
                    f"/ OpenCV decode-only {r.decode_fps:.1f} frames/s:")

@@ -181,7 +181,7 @@ class _Listener:
 
         self.sub = Subscriber(endpoint, types=["label"])
         self.latency_ms: list[float] = []
-        self.arrivals: list[float] = []
+        self.arrivals: dict[str, list[float]] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="bench-subscriber",
                                        daemon=True)
@@ -192,7 +192,7 @@ class _Listener:
             ev = self.sub.recv(timeout=0.2)
             if ev is not None:
                 now = time.time()
-                self.arrivals.append(now)
+                self.arrivals.setdefault(str(ev["stream"]), []).append(now)
                 self.latency_ms.append(1000 * (now - float(ev["ts"])))
 
     def close(self) -> None:
@@ -203,20 +203,23 @@ class _Listener:
 
 def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int = 1,
              video: bool = False, live: bool = False, hint: str = "auto",
-             device: str = "CPU", precision: str | None = None,
+             device: str = "CPU", precision: str | None = None, sources: int = 1,
              timeout: float = 900) -> Run:
     """One ``stream run`` of ``clip``, labels only or with the overlaid video written.
 
     ``live`` paces the file at its own fps (``realtime: true``), as a camera would send it,
     and the labels/s and latency come from a subscriber connected before the start.
+    ``sources`` > 1 runs that many streams of the same clip at once (``bench0``, ...).
     """
     import yaml
 
-    base = free_ports(3)
+    ids = [STREAM] if sources == 1 else [f"{STREAM}{i}" for i in range(sources)]
+    base = free_ports(2 + sources)
     events = f"tcp://127.0.0.1:{base}"
     out = workdir / f"{name.replace(' ', '-')}-out"
     cfg: dict[str, Any] = {
-        "sources": [{"id": STREAM, "url": str(clip), **({"realtime": True} if live else {})}],
+        "sources": [{"id": sid, "url": str(clip), **({"realtime": True} if live else {})}
+                    for sid in ids],
         "model": {"path": model, "device": device, "hint": hint,
                   **({"precision": precision} if precision else {})},
         "workers": {"count": workers},
@@ -233,17 +236,22 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
     finally:
         listener.close()
     (workdir / f"{name.replace(' ', '-')}.log").write_text(res.stdout + res.stderr)
-    row = summary_row(res.stdout, STREAM)
-    if res.returncode != 0 or row is None:
+    rows = {sid: summary_row(res.stdout, sid) for sid in ids}
+    if res.returncode != 0 or any(r is None for r in rows.values()):
         tail = " | ".join(res.stderr.strip().splitlines()[-4:])
         raise RuntimeError(f"stream run ({name}) failed with exit {res.returncode}: {tail}")
     cpu, stages = role_cpu(res.stderr)
     precision, resolved = worker_settings(res.stderr)
-    frames = row.captured if row.captured is not None else row.labelled + row.dropped
-    return Run(name, row.labelled, frames, _labels_per_s(row, listener.arrivals), cpu, stages,
+    per_stream = {sid: _labels_per_s(row, listener.arrivals.get(sid, []))
+                  for sid, row in rows.items()}
+    labelled = sum(r.labelled for r in rows.values() if r)
+    frames = sum((r.captured if r.captured is not None else r.labelled + r.dropped)
+                 for r in rows.values() if r)
+    return Run(name, labelled, frames, sum(per_stream.values()), cpu, stages,
                precision, resolved or hint,
                percentile(listener.latency_ms, 50) if live else None,
-               percentile(listener.latency_ms, 99) if live else None)
+               percentile(listener.latency_ms, 99) if live else None,
+               per_stream if sources > 1 else {})
 
 
 def _labels_per_s(row: Any, arrivals: Sequence[float]) -> float:

@@ -2,10 +2,11 @@
 
 Measured back to back, so the ratios compare figures of one machine state:
 raw model (THROUGHPUT, then LATENCY) → pipeline labels only → with video → a live
-(real-time paced) source → the raw model again (each yardstick is the mean of the two: a
-shared machine drifts) → OpenCV decode-only → pipeline with the trivial IR, labels only
-and with video. A step that fails is reported as a note and the others still run: the
-user gets every figure that could be measured, and the reason for the rest.
+(real-time paced) source → several live sources of a smaller clip → the raw model again
+(each yardstick is the mean of the two: a shared machine drifts) → OpenCV decode-only →
+pipeline with the trivial IR, labels only and with video. A step that fails is reported
+as a note and the others still run: the user gets every figure that could be measured,
+and the reason for the rest.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from stream.bench.figures import Raw, Report, Run
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STEPS = ("video", "live", "tax")  # what --skip may leave out
+STEPS = ("video", "live", "cameras", "tax")  # what --skip may leave out
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class Options:
     raw_seconds: float = 15.0
     raw_tool: str = "auto"
     skip: frozenset[str] = field(default_factory=frozenset)
+    cameras: int = 4  # live sources of the several-cameras run
+    camera_size: tuple[int, int] = (640, 360)
 
 
 class Backend(Protocol):
@@ -121,6 +124,16 @@ def run_bench(opts: Options, backend: Backend,
         live = step("live source (realtime file)", lambda: b.pipeline(
             "live, realtime file", clip, o.model, o.workdir, hint="auto", live=True,
             **common))
+    cams = None
+    if "cameras" not in o.skip and o.cameras > 1:
+        def several() -> Run:
+            small = o.workdir / "bench-clip-small.mp4"
+            b.make_clip(small, o.frames, o.camera_size, o.fps)
+            return b.pipeline(f"{o.cameras} live cameras", small, o.model, o.workdir,
+                              hint="auto", live=True, sources=o.cameras, **common)
+
+        cams = step(f"{o.cameras} live cameras ({o.camera_size[0]}x{o.camera_size[1]})",
+                    several)
     raw_t_end = step("raw model again, THROUGHPUT hint", lambda: b.raw_model(
         o.model, "THROUGHPUT", o.raw_seconds, o.device, o.precision, o.raw_tool))
     raw_l_end = None
@@ -141,4 +154,4 @@ def run_bench(opts: Options, backend: Backend,
     return Report(o.model, clip_text, raw_t, raw_latency=raw_l, labels_only=labels,
                   with_video=video, live=live, decode_fps=decode, source_fps=o.fps,
                   tax_labels=tax_l, tax_video=tax_v, notes=notes,
-                  raw_throughput_end=raw_t_end, raw_latency_end=raw_l_end)
+                  raw_throughput_end=raw_t_end, raw_latency_end=raw_l_end, cameras=cams)
