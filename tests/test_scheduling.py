@@ -315,3 +315,35 @@ def test_file_capture_is_lossless_when_a_worker_dies_holding_frames(
     assert not [m for m in rig.messages if isinstance(m, Drop)]
     assert {t.seq for t in held} <= set(seqs)
     assert cap.counters["resent"] == 3
+
+
+def test_file_captures_fill_the_prefetch_slot_but_never_more(
+    sockets: Sockets, tmp_path: Path,
+) -> None:
+    rig = Rig(sockets, 3, requests=2, infer_s=0.01, prefetch=1)
+    stop = threading.Event()
+    caps = []
+    for i in range(3):
+        folder = image_folder(tmp_path / f"imgs{i}", 30)
+        settings = CaptureSettings(stream=f"f{i}", url=str(folder), kind="images",
+                                   policy="wait")
+        caps.append(Capture(settings, Capture.make_source(settings), rig.links[i], stop))
+    rig.start()
+    runs = [threading.Thread(target=c.run) for c in caps]
+    for t in runs:
+        t.start()
+    deadline = time.monotonic() + 30
+    while any(t.is_alive() for t in runs):
+        assert time.monotonic() < deadline, "the files did not finish"
+        rig.collect(time.monotonic() + 0.1)
+    rig.collect(time.monotonic() + 0.3)
+    rig.close()
+    for i in range(3):
+        seqs = sorted(r.seq for r in rig.results() if r.stream == f"f{i}")
+        assert seqs == list(range(30)), f"f{i}: every frame labelled exactly once"
+    assert rig.tap.max_held == 2 + 1, "lossless frames keep the prefetch slot full, no more"
+    # once all three are running (past the start, before the first ends), in turn
+    order = [s for _t, s, _seq in rig.infer.started]
+    counts = Counter(order[15:60])
+    assert max(counts.values()) - min(counts.values()) <= 2, ("".join(x[1] for x in order),
+                                                              counts)
