@@ -32,6 +32,7 @@ from stream import transport
 from stream.config import StreamConfig, connect_endpoint
 from stream.dispatch import decode_as, worker_socket
 from stream.grants import GrantScheduler
+from stream.health import beat
 from stream.model.runtime import top_ids
 from stream.protocol import Drop, Ready, Result, Task
 from stream.runtime import Rejections, cpu_seconds
@@ -248,6 +249,7 @@ class Worker:
         try:
             while not self.stop.is_set():
                 ready = dict(poller.poll(100))
+                beat()  # `stream health --role worker`: the loop turns
                 if wake in ready:
                     self._collect_done(wake)
                 for i, sock in enumerate(self.captures):

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Protocol
 
 from stream.capture.supply import FrameQueue, LatestFrame, Pending
+from stream.health import beat
 
 if TYPE_CHECKING:
     from stream.capture.router import Router
@@ -71,6 +72,7 @@ class WaitPolicy:
         t0 = waited_since = last_note = time.monotonic()
         try:
             while not router.stop.is_set():
+                beat()  # waiting for workers is not being stuck
                 if queue.put(task, 0.1):
                     router.dispatch.wake()
                     return True

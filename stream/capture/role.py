@@ -24,6 +24,7 @@ from stream.capture.session import STALL_TIMEOUT_S, CaptureSettings, SourceSessi
 from stream.config import ModelConfig, StreamConfig
 from stream.dispatch import Dispatcher, task_socket
 from stream.errors import ConfigError, SourceError
+from stream.health import beat
 from stream.runtime import cpu_seconds
 from stream.security import Curve
 from stream.sources import FrameSource, ImageFolderSource, OpenCVSource, set_exit_status
@@ -82,6 +83,7 @@ class Capture:
         reason, message, code = "shutdown", "", 1
         try:
             for item in self.session.frames():
+                beat()
                 self.router.route(item)
             (reason, message), code = self.session.end, 0
         except SourceError as exc:

@@ -40,6 +40,7 @@ import numpy as np
 from stream.capture.rtsp_probe import Diagnosis, diagnose
 from stream.config.redact import redact_url
 from stream.errors import SourceError
+from stream.health import beat
 from stream.sources import READ_TIMEOUT_S, BackgroundSource, FrameSource, SourceInfo, Unreadable
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,7 @@ class SourceSession:
         its result is dropped. Errors raised by the call are raised here.
         """
         while not self.stop.is_set():
+            beat()  # also while a camera opens: `stream health --role capture`
             slice_s = 0.1 if deadline is None else min(0.1, deadline - time.monotonic())
             try:
                 return True, fut.result(max(slice_s, 0.0))

@@ -6,7 +6,8 @@ The table has one row per stream, in fixed columns other tools parse::
 
 ``captured`` is the capture's own count (its end-of-stream); ``?`` and a line saying
 "captured: unknown, no end-of-stream from capture" when none arrived, never a guess.
-``written`` is what the first output (the video file) wrote; under a row come only the
+``written`` is what the video file output wrote (0 without one: the web view and RTSP
+out are listed under the row when they dropped or failed); under a row come only the
 lines that have something to say: per-output counts when an output dropped or failed,
 the output's error, "ended early: N of M", an error end, the capture's connect failures
 and its other non-zero counters (from its last status message: unreadable images skipped,
@@ -130,7 +131,7 @@ def summary_lines(reports: Sequence[StreamReport], refused: Mapping[str, int]) -
     for rep in reports:
         s = rep.stats
         captured = "?" if s.captured is None else str(s.captured)
-        written = next(iter(rep.outputs.values()), Counter[str]())["written"]
+        written = rep.outputs.get("video", Counter[str]())["written"]
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(s.dropped.items())) or "-"
         if s.late:
             reasons += f" (late results ignored: {s.late})"
