@@ -92,7 +92,7 @@ def check_bindable(cfg: StreamConfig) -> None:
             that moves it.
     """
     bound = [("sink.events", cfg.sink.events), ("transport.sink", cfg.transport.sink)]
-    bound += [(f"transport.frames (capture {src.id})", cfg.transport.frames_endpoint(i))
+    bound += [(f"transport.frames (capture {src.id})", cfg.frames_bind(i))
               for i, src in enumerate(cfg.sources)]
     with Sockets() as sockets:
         for key, endpoint in bound:
@@ -129,6 +129,13 @@ def run_all(cfg: StreamConfig, stop: threading.Event, log_level: str = "INFO") -
     Raises:
         ConfigError: an endpoint of this run is in use, before anything is started.
     """
+    if cfg.sinks:
+        names = ", ".join(e.name for e in cfg.sinks)
+        raise ConfigError(
+            f"this config splits its streams over several sinks ({names}): `stream run` "
+            "runs one sink; start each role on its own: `stream sink CONFIG --name NAME` per "
+            "sink, `stream capture CONFIG --source ID` per source, `stream worker CONFIG` "
+            "(docs/deploy.md)")
     with private_dir() as folder:
         run_cfg = with_private_endpoints(cfg, folder)
         check_bindable(run_cfg)

@@ -239,3 +239,34 @@ def test_private_dir_is_removed_even_on_error() -> None:
         raise RuntimeError
     assert not folder.exists()
     assert os.access(folder.parent, os.W_OK)
+
+
+def test_check_bindable_probes_a_sources_own_frames_bind_address() -> None:
+    """A source with its own frames endpoint binds `frames_bind`, not transport.frames +
+    i: the clash check must probe the address the capture will really bind."""
+    port = find_free_port_base(3)
+    cfg = config_from_dict({
+        "sources": [{"id": "a", "url": "a.mp4", "frames": f"tcp://127.0.0.1:{port + 2}"}],
+        "sink": {"events": f"tcp://127.0.0.1:{port}"},
+        "transport": {"sink": f"tcp://127.0.0.1:{port + 1}"}})
+    with zmq.Context() as ctx, ctx.socket(zmq.PULL) as held:
+        held.setsockopt(zmq.LINGER, 0)
+        held.bind(f"tcp://127.0.0.1:{port + 2}")
+        with pytest.raises(ConfigError, match=r"capture a.*in use"):
+            launcher.check_bindable(cfg)
+
+
+def test_run_refuses_a_config_with_several_sinks_up_front() -> None:
+    """`stream run` starts one sink; a sinks[] config is run role by role, and saying so
+    before anything starts beats a sink child failing mid-launch."""
+    port = find_free_port_base(4)
+    cfg = config_from_dict({
+        "sources": [{"id": "a", "url": "a.mp4"}, {"id": "b", "url": "b.mp4"}],
+        "sinks": [
+            {"name": "east", "inbox": f"tcp://127.0.0.1:{port}",
+             "events": f"tcp://127.0.0.1:{port + 1}", "streams": ["a"]},
+            {"name": "west", "inbox": f"tcp://127.0.0.1:{port + 2}",
+             "events": f"tcp://127.0.0.1:{port + 3}", "streams": ["b"]},
+        ]})
+    with pytest.raises(ConfigError, match=r"several sinks \(east, west\).*stream sink CONFIG"):
+        launcher.run_all(cfg, threading.Event())
