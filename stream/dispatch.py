@@ -41,6 +41,7 @@ import zmq
 
 from stream import transport
 from stream.errors import ProtocolError
+from stream.model.identity import mismatch
 from stream.protocol import Buffer, Credit, Message, Ready, Task, decode, encode
 from stream.runtime import Rejections
 from stream.transport import Socket, Sockets
@@ -148,8 +149,13 @@ class Dispatcher:
         clock: Callable[[], float] = time.monotonic,
         supply: Supply | None = None,
         on_lost: Callable[[Task, bool], None] | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> None:
         self.sock = sock
+        self.input_size = input_size
+        """(width, height) this capture crops to: a worker announcing another model input
+        is refused (never granted a frame), logged once; None: no check."""
+        self.refused_workers: dict[bytes, str] = {}
         self.supply: Supply = NoFrames() if supply is None else supply
         self.worker_timeout_s = worker_timeout_s
         self.clock = clock
@@ -202,12 +208,23 @@ class Dispatcher:
         msg = decode_as(Credit, frames, self._reject, "frames socket (from a worker)")
         if msg is None:
             return
+        if ident in self.refused_workers:  # counted, logged once (the first time)
+            self._reject(f"worker {msg.worker!r}: {self.refused_workers[ident]}",
+                         key=(ident, "model"))
+            return
         w = self.workers.get(ident)
         if w is None:
             if msg.bye:
                 return
+            why = (None if self.input_size is None
+                   else mismatch(self.input_size, msg.model))
+            if why is not None:
+                self.refused_workers[ident] = why
+                self._reject(f"worker {msg.worker!r} refused: it {why}",
+                             key=(ident, "model"))
+                return
             w = self.workers[ident] = _WorkerState(msg.worker)
-            log.info("worker %s joined", msg.worker)
+            log.info("worker %s joined%s", msg.worker, f" ({msg.model})" if msg.model else "")
         w.last_seen = self.clock()
         for seq in msg.done:
             if w.inflight.pop(seq, None) is not None:

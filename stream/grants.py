@@ -42,8 +42,10 @@ class GrantScheduler:
     """
 
     def __init__(self, name: str, requests: int, prefetch: int, socks: Sequence[Socket],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, model: str = "") -> None:
         self.name = name
+        self.model = model
+        """The model identity every credit carries, so captures can refuse a mismatch."""
         self.requests = max(1, requests)
         self.capacity = self.requests + max(0, prefetch)
         self.socks = list(socks)
@@ -131,7 +133,7 @@ class GrantScheduler:
     def _send(self, i: int, grant: int = 0, bye: bool = False) -> bool:
         done, self._done[i] = self._done[i], []
         msg = Credit(self.name, 0 if bye else self.capacity, tuple(done), bye,
-                     0 if bye else grant)
+                     0 if bye else grant, self.model)
         try:
             transport.send(self.socks[i], msg, zmq.NOBLOCK)
             return True

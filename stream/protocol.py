@@ -167,6 +167,7 @@ class Credit:
     done: tuple[int, ...] = ()
     bye: bool = False
     grant: int = 0
+    model: str = ""  # the worker's model identity (stream.model.identity); "" = not said
 
 
 @dataclass(frozen=True)
@@ -239,6 +240,8 @@ def encode(msg: Message) -> list[Buffer]:
     elif isinstance(msg, Credit):
         head.update(worker=msg.worker, capacity=msg.capacity, done=list(msg.done), bye=msg.bye,
                     grant=msg.grant)
+        if msg.model:  # optional: older v2 peers neither send nor expect it
+            head["model"] = msg.model
     elif isinstance(msg, Ready):
         head.update(stream=msg.stream, frames=msg.frames, live=msg.live, declined=msg.declined)
     header: bytes = msgpack.packb(head, use_bin_type=True)
@@ -302,8 +305,12 @@ def decode(frames: Sequence[Buffer]) -> Message:
         return Status(r.stream(), r.str_("state"), r.float_("ts"), r.str_("message"),
                       r.counters("counters"))
     if t == "credit":
+        model = r.str_("model") if "model" in r.head else ""
+        if len(model) > 64:
+            raise ProtocolError("credit: field 'model' must be at most 64 characters")
         return Credit(r.str_("worker"), r.int_("capacity", 0, 1 << 20),
-                      tuple(r.int_list("done")), r.bool_("bye"), r.int_("grant", 0, 1 << 20))
+                      tuple(r.int_list("done")), r.bool_("bye"), r.int_("grant", 0, 1 << 20),
+                      model)
     if t == "ready":
         return Ready(r.stream(), r.int_("frames", 0, 1 << 20), r.bool_("live"),
                      r.int_("declined", 0, 1 << 20))

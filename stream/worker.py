@@ -48,6 +48,7 @@ class WorkerSettings:
     name: str
     top_k: int = 5
     send_probs: bool = True
+    model: str = ""  # model identity announced in every credit (stream.model.identity)
 
 
 class InferQueue(Protocol):
@@ -115,7 +116,8 @@ class Worker:
         self.nireq = max(1, n)
         # Tasks held here in all, from every capture: enough to keep every request busy
         # while the next task is on its way, few enough to keep latency low.
-        self.credits = GrantScheduler(settings.name, self.nireq, prefetch, captures)
+        self.credits = GrantScheduler(settings.name, self.nireq, prefetch, captures,
+                                      model=settings.model)
         self.capacity = self.credits.capacity
         if infer_queue is None:
             import openvino as ov  # the OpenVINO boundary lives here and in stream.model
@@ -355,7 +357,8 @@ def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None
             results = sockets.socket(zmq.PUSH, sndhwm=1000, linger_ms=2000)
             sockets.connect(results, connect_endpoint(cfg.transport.sink, host), "sink",
                             sockets.server_key("sink"))
-        worker = Worker(WorkerSettings(name or default_worker_name(), m.top_k), compiled,
+        worker = Worker(WorkerSettings(name or default_worker_name(), m.top_k,
+                                       model=identity), compiled,
                         (info.height, info.width), captures, results, sockets, stop,
                         m.requests)
         try:

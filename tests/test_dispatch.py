@@ -266,3 +266,43 @@ def test_bye_is_sent_to_every_capture(sockets: Sockets) -> None:
         _, msg = caps._recv(i)
         assert msg.bye and msg.capacity == 0 and msg.grant == 0
 
+
+
+def test_a_worker_with_another_model_input_is_refused_and_never_gets_a_frame(
+        sockets: Sockets, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 9: a worker announcing a 320x320 model to a capture that crops 224x224 is
+    refused (logged once, counted), while a worker with the right model takes frames."""
+    q = FrameQueue("cam1", size=4)
+    router = task_socket(sockets)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    d = Dispatcher(router, 5.0, Clock(), q, lambda t, resent: None, input_size=(224, 224))
+    wrong_sock, right_sock = worker_socket(sockets), worker_socket(sockets)
+    wrong_sock.connect(f"tcp://127.0.0.1:{port}")
+    right_sock.connect(f"tcp://127.0.0.1:{port}")
+    wrong, right = ScriptedWorker(wrong_sock, "wrong"), ScriptedWorker(right_sock, "right")
+    for _ in range(3):
+        transport.send(wrong_sock, Credit("wrong", 4, grant=1, model="320x320/1000/0123456789ab"))
+    transport.send(right_sock, Credit("right", 4, model="224x224/1000/0123456789ab"))
+    assert q.put(task(0), 0) and q.put(task(1), 0)
+    end = time.monotonic() + 5
+    while not (d.refused_workers and [w.name for w in d.workers.values()] == ["right"]):
+        assert time.monotonic() < end, "the workers were not sorted out"
+        d.poll(20)
+    transport.send(right_sock, Credit("right", 4, grant=2, model="224x224/1000/0123456789ab"))
+    while len(right.tasks) < 2:
+        assert time.monotonic() < end, "the right worker got no frames"
+        d.poll(20)
+        right.recv(0)
+        wrong.recv(0)
+    wrong.recv(50)
+    assert wrong.tasks == [] and [t.seq for t in right.tasks] == [0, 1]
+    assert d.rejected == 3
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "320x320" in refusals[0].getMessage()
+
+
+def test_the_model_identity_round_trips_and_is_optional_on_the_wire() -> None:
+    with_model = Credit("w", 3, (1,), grant=1, model="224x224/1000/0123456789ab")
+    assert decode(encode(with_model)) == with_model
+    head = msgpack.unpackb(encode(Credit("w", 3))[0])
+    assert "model" not in head and decode(encode(Credit("w", 3))).model == ""

@@ -64,7 +64,8 @@ class Capture:
         self.stop = stop
         self.counters: Counter[str] = Counter()
         self.router = Router(settings, Link(links.control, stop), Link(links.video, stop),
-                             Dispatcher(links.tasks, worker_timeout_s), stop, self.counters,
+                             Dispatcher(links.tasks, worker_timeout_s,
+                                        input_size=settings.input_size), stop, self.counters,
                              clock)
         self.session = SourceSession(settings, source, stop, self.router, self.counters,
                                      stall_timeout_s=stall_timeout_s)
