@@ -29,9 +29,21 @@ class _RedactingFormatter(logging.Formatter):
         return redact_url(super().format(record))
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record is emitted, not when made.
+
+    ``stream.cli.main`` can run more than once in a process (tests, embedding): a handler
+    bound to an earlier, since closed, stderr would fail on every line.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(role: str, level: str | int = "INFO") -> None:
     """Log to stderr with the role name on every line; credentials are always redacted."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler(sys.stderr)
     handler.setFormatter(
         _RedactingFormatter(f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s",
                             datefmt="%H:%M:%S")
