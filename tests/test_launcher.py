@@ -8,14 +8,12 @@ import stat
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
-from conftest import find_free_port_base, make_clip, runs_of_classes
+from conftest import EventLog, find_free_port_base, make_clip, runs_of_classes
 
 from stream import launcher
 from stream.config import config_from_dict
@@ -41,58 +39,12 @@ def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]
     return proc.returncode, out, err
 
 
-class Labels:
-    """Counts label events per stream on one events endpoint, from before the run starts."""
-
-    def __init__(self, endpoint: str) -> None:
-        from stream.events import Subscriber
-
-        self.seqs: dict[str, list[int]] = {}
-        self._stop = threading.Event()
-        self._ctx: zmq.Context[Any] = zmq.Context()
-        self._ctx.setsockopt(zmq.RECONNECT_IVL, 10)
-        self._sub = Subscriber(endpoint, types=("label",), ctx=self._ctx)
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            event = self._sub.recv(timeout=0.05)
-            if event is not None:
-                self.seqs.setdefault(event["stream"], []).append(event["seq"])
-
-    def wait_for(self, stream: str, n: int, timeout: float) -> list[int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.seqs.get(stream, [])) < n:
-            self._stop.wait(0.02)
-        return list(self.seqs.get(stream, []))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._sub.close()
-        self._ctx.term()
-
-
-@pytest.fixture
-def labels_on() -> Iterator[Callable[[str], Labels]]:
-    made: list[Labels] = []
-
-    def start(endpoint: str) -> Labels:
-        made.append(Labels(endpoint))
-        return made[-1]
-
-    yield start
-    for x in made:
-        x.close()
-
-
 # --------------------------------------------------------------------------- defect 17
 
 
 @pytest.mark.timeout(E2E_TIMEOUT)
 def test_two_runs_on_one_machine_both_label_every_frame(
-    tmp_path: Path, oracle_model: tuple[Path, Path], labels_on: Callable[[str], Labels]
+    tmp_path: Path, oracle_model: tuple[Path, Path], event_log: Callable[[str], EventLog]
 ) -> None:
     """Two `stream run --source` at once: on old main the second could not bind 5561."""
     xml, _ = oracle_model
@@ -102,14 +54,16 @@ def test_two_runs_on_one_machine_both_label_every_frame(
         make_clip(tmp_path / f"{name}.mp4", runs_of_classes(n, seed=10 + i), size=(160, 120))
     for name in lengths:
         events = f"tcp://127.0.0.1:{find_free_port_base(1)}"
-        logs[name] = labels_on(events)
+        logs[name] = event_log(events)
         procs[name] = _popen(["run", "--source", str(tmp_path / f"{name}.mp4"), "--model",
                               str(xml), "--events", events], cwd=tmp_path)
     for name, n in lengths.items():
         code, _, err = _finish(procs[name], RUN_TIMEOUT)
         assert code == 0, err[-3000:]
         assert "Address already in use" not in err
-        assert logs[name].wait_for(name, n, timeout=5) == list(range(n))
+        logs[name].wait_for(lambda name=name, n=n: len(logs[name].seqs(name)) >= n, 5,
+                            f"{n} label events of {name}")
+        assert logs[name].seqs(name) == list(range(n))
 
 
 @pytest.mark.timeout(60)

@@ -63,6 +63,23 @@ def yuv420_frame(image: np.ndarray, ticks: int, time_base: Fraction) -> Any:
     return frame
 
 
+def add_h264_stream(out: Any, size: tuple[int, int], fps: float, options: dict[str, str],
+                    keyframe_s: float, max_gop: int) -> Any:
+    """Add the H.264 stream every PyAV output uses: yuv420p, timed in
+    :data:`TICKS_PER_SECOND`, a keyframe every ``keyframe_s`` (at most ``max_gop`` frames
+    apart), no B-frames (so the durations come out exact and latency stays low)."""
+    stream: Any = out.add_stream("libx264")
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    stream.time_base = Fraction(1, TICKS_PER_SECOND)
+    ctx = stream.codec_context
+    ctx.time_base = Fraction(1, TICKS_PER_SECOND)
+    ctx.gop_size = max(1, min(max_gop, round(keyframe_s * fps)))
+    ctx.max_b_frames = 0
+    ctx.options = options
+    return stream
+
+
 class AvWriter:
     """H.264 through PyAV: per-frame timestamps, fragmented MP4 (or Matroska)."""
 
@@ -72,15 +89,8 @@ class AvWriter:
         self._out: Any = av.open(str(path), "w", format=FORMATS[container],
                                  container_options=options)
         try:
-            stream: Any = self._out.add_stream("libx264")
-            stream.width, stream.height = size
-            stream.pix_fmt = "yuv420p"
-            stream.time_base = Fraction(1, TICKS_PER_SECOND)
-            ctx = stream.codec_context
-            ctx.time_base = Fraction(1, TICKS_PER_SECOND)
-            ctx.gop_size = max(1, min(600, round(KEYFRAME_SECONDS * fps)))
-            ctx.max_b_frames = 0
-            ctx.options = {"preset": preset}
+            stream = add_h264_stream(self._out, size, fps, {"preset": preset},
+                                     KEYFRAME_SECONDS, 600)
         except BaseException:
             self._out.close()
             raise

@@ -39,7 +39,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Any
 
 import av
@@ -49,7 +48,13 @@ import numpy as np
 from stream.config.redact import redact_url
 from stream.outputs.base import OutputFrame
 from stream.outputs.bounded_call import BoundedCaller
-from stream.outputs.encoders import TICKS_PER_SECOND, Timeline, even_size, render, yuv420_frame
+from stream.outputs.encoders import (
+    Timeline,
+    add_h264_stream,
+    even_size,
+    render,
+    yuv420_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +108,9 @@ class _Link:
                                  options={"rtsp_transport": "tcp"},
                                  timeout=(timeout_s, timeout_s))
         try:
-            stream: Any = self._out.add_stream("libx264")
-            stream.width, stream.height = size
-            stream.pix_fmt = "yuv420p"
-            stream.time_base = Fraction(1, TICKS_PER_SECOND)
-            ctx = stream.codec_context
-            ctx.time_base = Fraction(1, TICKS_PER_SECOND)
-            ctx.gop_size = max(1, min(300, round(KEYFRAME_SECONDS * fps)))
-            ctx.max_b_frames = 0
-            ctx.options = {"preset": preset, "tune": "zerolatency"}
+            stream = add_h264_stream(self._out, size, fps,
+                                     {"preset": preset, "tune": "zerolatency"},
+                                     KEYFRAME_SECONDS, 300)
         except BaseException:
             self._close_container()
             raise
