@@ -74,6 +74,7 @@ class Snapshot:
     at: float = 0.0
     streams: Mapping[str, StreamSnapshot] = field(default_factory=dict)
     refused: Mapping[str, int] = field(default_factory=dict)
+    queues: Mapping[str, int] = field(default_factory=dict)  # output name -> frames waiting
 
 
 class SinkMetrics:
@@ -133,7 +134,7 @@ class SinkMetrics:
                 labelled=s.labelled, dropped=dict(s.dropped), captured=s.captured,
                 fps=s.fps(), pending=len(st.pending), ended=st.closed,
                 sessions=len(s.sessions), outputs=outputs, capture=dict(s.counters))
-        snap = Snapshot(now, streams, dict(sink.refusals.by_kind))
+        snap = Snapshot(now, streams, dict(sink.refusals.by_kind), sink.feed.depths())
         with self._lock:
             self._snapshot = snap
 
@@ -218,10 +219,16 @@ class _SnapshotCollector(Collector):
             viewers.add_metric([sid], n)
         for sid, n in sorted(encoded.items()):
             jpegs.add_metric([sid], n)
+        queues = GaugeMetricFamily("stream_output_queue_frames",
+                                   "Frames waiting in each output's queue (bounded; full: "
+                                   "the output drops live frames as queue_full).",
+                                   labels=["output"])
+        for name, n in sorted(snap.queues.items()):
+            queues.add_metric([name], n)
         age = GaugeMetricFamily("stream_sink_snapshot_age_seconds",
                                 "Seconds since the sink loop last refreshed these numbers "
                                 "(grows when the loop is stuck).")
         a = self.metrics.age()
         age.add_metric([], a if a != float("inf") else -1.0)
         yield from (out, captured, fps, pending, sessions, capture, refused, viewers, jpegs,
-                    age)
+                    queues, age)

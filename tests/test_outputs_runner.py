@@ -77,8 +77,10 @@ def test_slow_output_drops_and_counts_queue_full_without_blocking_the_caller() -
         accepted.extend(runner.offer(frame("cam", seq), wait=False) for seq in range(1, 50))
 
     run_in_thread(offer_rest)
+    assert runner.depth() == 4  # the queue is full (one more is inside the stuck write)
     out.gate.set()
     runner.close()
+    assert runner.depth() == 0
     assert out.written["cam"] == sum(accepted)  # the runner said True for exactly those
     # One frame inside write, queue_size waiting: the rest must have been dropped.
     assert out.written["cam"] == 1 + 4

@@ -123,6 +123,8 @@ class Recorder:
         return []
     def counts(self, stream: str) -> Counter[str]:
         return Counter()
+    def depth(self) -> int:
+        return 0
     def close(self, timeout_s: float = 10.0) -> None: ...
 
 

@@ -134,6 +134,11 @@ class OutputRunner:
             errors, self._errors = self._errors, []
             return errors
 
+    def depth(self) -> int:
+        """Frames waiting in the queue now (of every stream; at most ``queue_size``)."""
+        with self._cond:
+            return self._frames_queued
+
     def counts(self, stream: str) -> collections.Counter[str]:
         """A copy of the stream's counters: ``written``, ``queue_full``, ``failed``."""
         with self._cond:

@@ -36,6 +36,7 @@ class Runner(Protocol):
     def end_stream(self, stream: str) -> None: ...
     def take_errors(self) -> list[tuple[str, str]]: ...
     def counts(self, stream: str) -> Counter[str]: ...
+    def depth(self) -> int: ...
     def close(self, timeout_s: float = 10.0) -> None: ...
 
 
@@ -89,6 +90,10 @@ class OutputFeed:
                 self.errors.setdefault(stream, []).append((name, message))
                 new.append((stream, name, message))
         return new
+
+    def depths(self) -> dict[str, int]:
+        """Per output name, the frames waiting in its queue now."""
+        return {name: runner.depth() for name, runner in self.outputs}
 
     def counts(self, stream: str) -> dict[str, Counter[str]]:
         """Per output name, its counters for ``stream`` (written, queue_full, failed)."""
