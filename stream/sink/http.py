@@ -38,7 +38,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from stream.config.models import is_loopback, split_http
+from stream.config.sink import is_loopback, split_http
 from stream.errors import ConfigError
 from stream.ids import is_stream_id
 from stream.metrics import SinkMetrics
