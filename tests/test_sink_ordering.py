@@ -280,3 +280,25 @@ def test_full_frames_wait_for_the_hello_that_says_the_stream_is_a_file() -> None
         joined.handle(result(seq), 0.0)
     assert outcomes(joined.release(0.5)) == []
     assert labelled(joined.release(1.0), "a") == [100, 101, 102]
+
+
+def test_a_restart_seen_only_through_full_frames_before_any_release_is_a_new_session() -> None:
+    """A file capture killed after 5 full frames (video link, nothing released yet) and
+    restarted: its new hello (seq 0) comes in the same burst. That is a new session, or the
+    new frames would take the old ones' places and their labels count as late."""
+    o = Ordering(timeout_s=1.0)
+    out: list[Outcome | SessionEnded] = []
+    out += o.handle(hello("a", "wait", 0, total=5), 0.0)
+    for seq in range(5):
+        out += o.handle(frame(seq, image=True), 0.0)
+        out += o.handle(result(seq), 0.0)
+    out += o.handle(hello("a", "wait", 0, total=4), 0.0)
+    for seq in range(4):
+        out += o.handle(frame(seq, image=True), 0.0)
+        out += o.handle(result(seq), 0.0)
+    out += o.handle(Eos("a", 4, "end"), 0.0)
+    out += o.release(0.0)
+    st = o.streams["a"].stats
+    assert len(st.sessions) == 2 and st.late == 0
+    assert [(x.session, x.seq) for x in outcomes(out) if x.result is not None][-4:] == [
+        (2, 0), (2, 1), (2, 2), (2, 3)]

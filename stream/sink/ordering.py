@@ -154,6 +154,7 @@ class StreamOrder:
         self.eos_at = 0.0
         self.closed = False  # the current session has been drained and reported ended
         self.control_max = -1  # highest seq of a stamp or drop since the last hello
+        self.seen_since_hello = False  # a frame, result or drop came since the last hello
         self.first_seen: float | None = None  # when the sink first held a frame of it
         self.stats = StreamStats(sessions=[Session(1, 0)])
 
@@ -205,6 +206,7 @@ class StreamOrder:
             return
         if self.first_seen is None:
             self.first_seen = now
+        self.seen_since_hello = True
         if isinstance(msg, Drop) or (isinstance(msg, Frame) and msg.image is None):
             self.control_max = max(self.control_max, msg.seq)
         e = self.pending.get(msg.seq)
@@ -234,6 +236,7 @@ class StreamOrder:
             self.closed = False
         self.hello = msg
         self.control_max = -1
+        self.seen_since_hello = False
         self.session.announced = msg.total_frames
         self._sync(msg.seq)
         return out
@@ -253,8 +256,11 @@ class StreamOrder:
             return False
         if self.hello is None:
             return hello.seq < self.session.first_seq
+        # A capture process always starts at seq 0, and a live reconnect announces the next
+        # seq (> 0 once it captured anything): seq 0 after frames of this session is a
+        # restart even when all of them came as full frames and none was released yet.
         return (self.eos is not None or hello.seq <= self.control_max
-                or hello.seq < self.next_seq)
+                or hello.seq < self.next_seq or (hello.seq == 0 and self.seen_since_hello))
 
     def take_eos(self, msg: Eos, now: float) -> None:
         """The capture's own count of the seqs it issued in this session."""
