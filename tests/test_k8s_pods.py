@@ -79,9 +79,11 @@ class Pod:
 
     def exec(self, argv: list[str], env: dict[str, str], **kw: Any) -> Any:
         """``ip netns exec`` with this pod's namespace; ``stream`` is this checkout's."""
-        if argv[0] == "stream":
-            argv = [sys.executable, "-m", "stream", *argv[1:]]
-        return ["ip", "netns", "exec", self.ns, *[self.local(a) for a in argv]]
+        args = [self.local(a) for a in argv[1:]]
+        # This checkout's interpreter is never a container path (a venv under /tmp would
+        # otherwise be mapped into the pod's /tmp volume).
+        head = [sys.executable, "-m", "stream"] if argv[0] == "stream" else [self.local(argv[0])]
+        return ["ip", "netns", "exec", self.ns, *head, *args]
 
 
 @pytest.fixture
