@@ -190,8 +190,12 @@ def test_wrong_password_is_retried_and_redacted(servers: list[RtspServer], run: 
     servers.append(srv)
     srv.start()
     p, log = run(srv.url.replace("rtsp://", f"rtsp://alice:{password}@"))
-    failed = wait_until(lambda: [e for e in log.of("status", "cam")
-                                 if e["state"] == "reconnecting"], START_S, "a failed attempt")
+    try:
+        failed = wait_until(lambda: [e for e in log.of("status", "cam")
+                                     if e["state"] == "reconnecting"], 2 * START_S,
+                            "a failed attempt")
+    except pytest.fail.Exception:  # say what the run did (once seen flaky under CI load)
+        pytest.fail(f"no failed attempt reported; states {log.states()}\n{p.stderr()[-3000:]}")
     assert "401" in failed[0]["message"], failed[0]
     assert p.proc is not None and p.proc.poll() is None
     assert_ended(p, log, p.terminate()[0])
