@@ -39,7 +39,7 @@ from conftest import (
 )
 
 from stream import transport
-from stream.protocol import Credit, Eos, Frame, Hello, Result, Task, decode, encode
+from stream.protocol import Credit, Eos, Frame, Hello, Result, Status, Task, decode, encode
 
 pytestmark = [pytest.mark.timeout(240), requires_ffmpeg]
 
@@ -176,6 +176,13 @@ def test_sink_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple
     push.setsockopt(zmq.LINGER, 2000)
     push.connect(f"tcp://127.0.0.1:{base + 1}")
     try:
+        # The subscriber must be hearing the sink before the storm (PUB/SUB drops what is
+        # published before a subscription arrives): a status until it comes through.
+        deadline = time.monotonic() + 30
+        while not log.of("status", "cam"):
+            assert time.monotonic() < deadline, "the sink never published a status"
+            transport.send(push, Status("cam", "connecting", time.time()))
+            time.sleep(0.05)  # the resend interval of the probe, not a wait for an outcome
         probs = np.full(8, 0.125, "<f4").tobytes()
         valid = [[bytes(f) for f in encode(m)] for m in (
             Hello("cam", "file", 25.0, 4, 4, 1, "x", "wait"),
