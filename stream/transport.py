@@ -2,7 +2,7 @@
 
 The roles talk over these links (DESIGN.md "Roles", docs/architecture.md):
 
-    capture  ROUTER --bind--> frames endpoint <--connect-- DEALER worker  (crops ⇄ credits)
+    capture  ROUTER --bind--> frames endpoint <--connect-- DEALER worker  (ready, crops ⇄ grants)
     capture  PUSH ×2 --connect-> sink endpoint <--bind---- PULL   sink    (control; video)
     worker   PUSH --connect-> sink endpoint                                (results)
     sink     PUB  --bind----> events endpoint <--connect-- SUB   subscribers
