@@ -70,7 +70,8 @@ class ModelConfig(Strict):
     )
     precision: Literal["bf16", "f16", "f32"] | None = Field(
         default=None,
-        description="Inference precision hint; null = device default (bf16 on CPUs with AMX or AVX-512 bf16, else f32).",
+        description="Inference precision hint; null = device default (bf16 on CPUs with AMX "
+        "or AVX-512 bf16, else f32).",
     )
     requests: int = Field(
         default=0,
