@@ -16,8 +16,8 @@ import pytest
 
 from stream.protocol import Eos, Frame, Hello, Result, Status
 from stream.sink import Publisher, Sink, SinkSettings
-from stream.sink.ordering import Session, StreamStats
 from stream.sink.report import ProgressRow, StreamReport, progress_part, summary_lines
+from stream.sink.stats import Session, StreamStats
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -29,19 +29,15 @@ began), and is ``None`` while any session of the stream has not sent one.
 
 from __future__ import annotations
 
-from collections import Counter, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass
 
 from stream.protocol import Drop, Eos, Frame, Hello, Result
+from stream.sink.announcements import Announcements
+from stream.sink.stats import Session, StreamStats
 
 MAX_AHEAD = 100_000
 """A seq this far past the next one expected is refused as bogus (another deployment?)."""
-
-LATENCY_SAMPLES = 100_000
-"""Latency samples kept per stream for the percentiles (the most recent ones)."""
 
 
 class Refused(ValueError):
@@ -77,63 +73,6 @@ Released = Outcome | SessionEnded
 
 
 @dataclass
-class Session:
-    """One capture session of a stream as this sink saw it."""
-
-    number: int
-    first_seq: int  # the first seq this sink is responsible for
-    eos: Eos | None = None
-    announced: int | None = None  # the frame count its hello announced (files; an estimate)
-
-    @property
-    def captured(self) -> int | None:
-        """Frames the capture issued from ``first_seq`` on, by its own count (eos)."""
-        return None if self.eos is None else max(0, self.eos.frames - self.first_seq)
-
-
-@dataclass
-class StreamStats:
-    """Per-stream totals over every session; ``labelled + sum(dropped) == captured`` once
-    every session has drained and sent its eos."""
-
-    labelled: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    late: int = 0  # results after their seq was released (or for frames never seen)
-    late_frames: int = 0  # frames that came after their seq was released
-    sessions: list[Session] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)  # capture's last status counters
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    first_t: float | None = None
-    last_t: float | None = None
-
-    @property
-    def resolved(self) -> int:
-        """Seqs released so far: labelled + dropped."""
-        return self.labelled + sum(self.dropped.values())
-
-    @property
-    def captured(self) -> int | None:
-        """The capture's own count over all sessions; None unless every one sent an eos."""
-        counts = [s.captured for s in self.sessions]
-        if not counts or any(c is None for c in counts):
-            return None
-        return sum(c for c in counts if c is not None)
-
-    def fps(self) -> float:
-        """Seqs released (labelled + dropped) per second, first release to last (0 until
-        there is half a second of it: two frames a millisecond apart say nothing)."""
-        if self.first_t is None or self.last_t is None or self.last_t - self.first_t < 0.5:
-            return 0.0
-        return (self.resolved - 1) / (self.last_t - self.first_t)
-
-    def latency(self, q: float) -> float | None:
-        """The q-th percentile of capture → publish latency (ms); None before any label."""
-        if not self.latencies_ms:
-            return None
-        return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
-
-
-@dataclass
 class _Entry:
     seen: float
     frame: Frame | None = None
@@ -150,12 +89,9 @@ class StreamOrder:
         self.next_seq = 0
         self.pending: dict[int, _Entry] = {}
         self.synced = False  # next_seq set from the first stamp or hello this sink saw
-        self.hello: Hello | None = None
         self.eos_at = 0.0
         self.closed = False  # the current session has been drained and reported ended
-        self.control_max = -1  # highest seq of a stamp or drop since the last hello
-        self.seen_since_hello = False  # a frame, result or drop came since the last hello
-        self.first_seen: float | None = None  # when the sink first held a frame of it
+        self.told = Announcements()
         self.stats = StreamStats(sessions=[Session(1, 0)])
 
     @property
@@ -173,6 +109,11 @@ class StreamOrder:
         """The current session sent its eos and every seq up to it was released."""
         eos = self.eos
         return eos is not None and self.next_seq >= eos.frames
+
+    @property
+    def hello(self) -> Hello | None:
+        """The current session's hello, if it came."""
+        return self.told.hello
 
     @property
     def lossless(self) -> bool:
@@ -204,11 +145,7 @@ class StreamOrder:
             elif isinstance(msg, Frame) and msg.image is not None:
                 self.stats.late_frames += 1
             return
-        if self.first_seen is None:
-            self.first_seen = now
-        self.seen_since_hello = True
-        if isinstance(msg, Drop) or (isinstance(msg, Frame) and msg.image is None):
-            self.control_max = max(self.control_max, msg.seq)
+        self.told.saw(msg, now)
         e = self.pending.get(msg.seq)
         if e is None:
             e = self.pending[msg.seq] = _Entry(seen=now)
@@ -226,7 +163,9 @@ class StreamOrder:
     def take_hello(self, msg: Hello, now: float) -> list[Released]:
         """A capture (re)started this stream; a restart ends the old session first."""
         out: list[Released] = []
-        if self._restarted_by(msg):
+        restart = self.synced and self.told.restarted_by(
+            msg, self.session.first_seq, self.next_seq, self.eos is not None)
+        if restart:
             out = self.release(now, force="capture_restarted")
             if not self.closed:
                 out.append(SessionEnded(self.stream, self.session.number, restarted=True))
@@ -234,33 +173,10 @@ class StreamOrder:
             self.next_seq = msg.seq
             self.pending.clear()
             self.closed = False
-        self.hello = msg
-        self.control_max = -1
-        self.seen_since_hello = False
+        self.told.announce(msg)
         self.session.announced = msg.total_frames
         self._sync(msg.seq)
         return out
-
-    def _restarted_by(self, hello: Hello) -> bool:
-        """Whether ``hello`` starts a new capture session rather than announcing this one.
-
-        Full frames travel on the capture's video link, hello/stamps/drops on its control
-        link, and the sink reads both in turn: a session's first full frames (and their
-        labels) may come before its hello. So only what the control link said counts: a
-        capture restarted when its seq went back behind a stamp or drop already seen since
-        the last hello, behind what was released, or after the session's eos. A first
-        hello is a restart only for a sink that joined mid-stream (seq behind where it
-        joined).
-        """
-        if not self.synced:
-            return False
-        if self.hello is None:
-            return hello.seq < self.session.first_seq
-        # A capture process always starts at seq 0, and a live reconnect announces the next
-        # seq (> 0 once it captured anything): seq 0 after frames of this session is a
-        # restart even when all of them came as full frames and none was released yet.
-        return (self.eos is not None or hello.seq <= self.control_max
-                or hello.seq < self.next_seq or (hello.seq == 0 and self.seen_since_hello))
 
     def take_eos(self, msg: Eos, now: float) -> None:
         """The capture's own count of the seqs it issued in this session."""
@@ -292,19 +208,6 @@ class StreamOrder:
             return True  # its capture sends every frame, result or drop: never give up
         return now - e.seen < self.timeout_s
 
-    def _awaits_hello(self, now: float) -> bool:
-        """Hold a stream's first frames until its hello says what kind of stream it is.
-
-        Full frames (video link) can come before the hello (control link); released
-        before it, a file's frames would be treated as live ones (outputs not waited for,
-        frames dropped). A stamp or drop means the hello was sent before it on the same
-        link, so a sink that joined mid-stream (and will never see the hello) goes on at
-        once; otherwise the hold ends after the reorder timeout.
-        """
-        if self.hello is not None or self.control_max >= 0:
-            return False
-        return self.first_seen is None or now - self.first_seen < self.timeout_s
-
     def release(self, now: float, force: str | None = None) -> list[Released]:
         """Everything of this stream that is ready, in seq order (with ``force``, every
         pending seq up to the last one known, dropped as ``force`` if unresolved)."""
@@ -316,7 +219,7 @@ class StreamOrder:
                 self.stats.late += len(self.pending)
                 self.pending.clear()
             return out
-        if self._awaits_hello(now) and force is None:
+        if force is None and self.told.awaits_hello(now, self.timeout_s):
             return out
         session = self.session.number
         while not self.done:

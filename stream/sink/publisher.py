@@ -18,8 +18,8 @@ from typing import Any
 from stream import events
 from stream.config.redact import redact_url
 from stream.protocol import Frame, Result
-from stream.sink.ordering import StreamStats
 from stream.sink.smoothing import ChangeDetector, Smoother, label_entries
+from stream.sink.stats import StreamStats
 
 
 def redacted(value: Any) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from stream.sink.ordering import StreamStats
+from stream.sink.stats import StreamStats
 
 
 @dataclass(frozen=True)
