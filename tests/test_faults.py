@@ -73,6 +73,24 @@ def await_labels(log: EventLog, proc: subprocess.Popen[str], count: int,
                     f"({len(log.of('label', 'cam'))} seen):\n{out}\n{err[-3000:]}")
 
 
+def run_and_kill(cfg: Path, log: EventLog, labels_first: int, role: str,
+                 timeout: float) -> tuple[int, str, str]:
+    """``stream run CONFIG``; once ``labels_first`` labels came, kill -9 the one child
+    whose command line names ``role``; returns the run's (exit code, stdout, stderr)."""
+    run = subprocess.Popen(stream_cmd("run", str(cfg)), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        await_labels(log, run, labels_first)
+        (victim,) = role_pids(run.pid, role)
+        os.kill(victim, signal.SIGKILL)
+        out, err = run.communicate(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    return run.returncode, out, err
+
+
 def assert_labels_right(log: EventLog, stream: str, classes: list[int]) -> list[int]:
     """The subscriber's label events of ``stream``: in seq order, none twice, each naming
     the colour the test painted into that frame. Returns their seqs."""
@@ -101,18 +119,8 @@ def test_worker_killed_mid_run(policy: str, tmp_path: Path, oracle_model: tuple[
                        sources=[{"id": "cam", "url": str(clip), "realtime": True,
                                  "policy": policy}])
     log = event_log(f"tcp://127.0.0.1:{base}")
-    run = subprocess.Popen(stream_cmd("run", str(cfg)), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    try:
-        await_labels(log, run, 30)
-        (victim,) = role_pids(run.pid, "--name worker-0")
-        os.kill(victim, signal.SIGKILL)
-        out, err = run.communicate(timeout=120)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
-    assert run.returncode == 0, err
+    code, out, err = run_and_kill(cfg, log, 30, "--name worker-0", 120)
+    assert code == 0, err
     row = summary_row(out, "cam", err)
     assert captured_by_capture(err, "cam") == n, err[-3000:]
     assert row.captured == n
@@ -372,18 +380,8 @@ def test_capture_killed_mid_run_does_not_wedge_the_rest(
                        reorder_timeout_s=1.0,
                        sources=[{"id": "cam", "url": str(clip), "realtime": True}])
     log = event_log(f"tcp://127.0.0.1:{base}")
-    run = subprocess.Popen(stream_cmd("run", str(cfg)), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
-    try:
-        await_labels(log, run, 20)
-        (victim,) = role_pids(run.pid, "capture")
-        os.kill(victim, signal.SIGKILL)
-        out, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
-    assert run.returncode == 1, "a capture that died is a run-time failure (exit 1)"
+    code, out, err = run_and_kill(cfg, log, 20, "capture", 60)
+    assert code == 1, "a capture that died is a run-time failure (exit 1)"
     assert "capture failed for cam (exit -9)" in err
     assert captured_by_capture(err, "cam") is None, "a killed capture cannot report a count"
     row = summary_row(out, "cam", err)
