@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from types import FrameType
 
 from stream.config.redact import redact_url
@@ -122,6 +122,46 @@ def cpu_seconds() -> float:
     """CPU time (user + system, all threads) this process has used so far."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """A role's process CPU per frame in its steady state, start-up CPU apart.
+
+    Start-up (imports, compiling the model, opening the source, the crop plan) costs a
+    fixed amount of CPU once; divided over a short run it would swamp the per-frame figure.
+    A role calls :meth:`first` once its first frame is handled (later calls do nothing),
+    with how many frames it has counted by then, and :meth:`report` when it stops: the CPU
+    used since :meth:`first` over the frames counted since, and the CPU used up to it.
+
+    Args:
+        cpu: CPU seconds this process has used so far (injected in tests).
+    """
+
+    def __init__(self, cpu: Callable[[], float] = cpu_seconds) -> None:
+        self._cpu = cpu
+        self.at_first: float | None = None  # CPU seconds when the first frame was handled
+        self.frames_at_first = 0
+
+    def first(self, frames: int = 1) -> None:
+        """The first frame is handled (``frames``: the count so far, that frame included)."""
+        if self.at_first is None:
+            self.at_first = self._cpu()
+            self.frames_at_first = frames
+
+    def report(self, frames: int) -> str:
+        """``process cpu X ms/frame over the N frames after the first (S s of CPU up to
+        and including the first)`` for a total count of ``frames``; with no frame counted
+        after the first, only the start-up CPU; with no first frame, ``""``."""
+        if self.at_first is None:
+            return ""
+        now = self._cpu()
+        first = "the first" if self.frames_at_first == 1 else f"the first {self.frames_at_first}"
+        startup = f"{self.at_first:.2f} s of CPU up to and including {first}"
+        after = frames - self.frames_at_first
+        if after < 1:
+            return f"process cpu: {startup}; too few frames for a per-frame figure"
+        return (f"process cpu {1000 * (now - self.at_first) / after:.1f} ms/frame over the "
+                f"{after} frames after {first} ({startup})")
 
 
 class Rejections:

@@ -35,7 +35,7 @@ from stream.grants import GrantScheduler
 from stream.health import beat
 from stream.model.runtime import top_ids
 from stream.protocol import Drop, Ready, Result, Task
-from stream.runtime import Rejections, cpu_seconds
+from stream.runtime import CpuMeter, Rejections
 from stream.transport import Socket, Sockets
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,7 @@ class Worker:
         self._rejections = Rejections(log)
         self._lock = threading.Lock()
         self.infer_ms_total = 0.0
+        self.cpu = CpuMeter()  # process cpu per finished task, from the first one on
         self._wake_addr = f"inproc://worker-wake-{id(self)}"
 
     def _done(self, request: Any, userdata: tuple[int, Task, float, Any]) -> None:
@@ -275,6 +276,7 @@ class Worker:
                 return
             self.credits.done(int(src), int(seq))
             self.counters["done"] += 1
+            self.cpu.first(self.counters["done"])
 
     def _shutdown(self, wake: Socket, sender: threading.Thread) -> None:
         """Finish running requests, hand back queued tasks (bye), flush results."""
@@ -289,8 +291,8 @@ class Worker:
         if self.credits.ungranted:
             self.counters["ungranted"] += self.credits.ungranted
         done = self.counters["done"]
-        per_frame = (f"; mean request time {self.infer_ms_total / done:.1f} ms; process cpu "
-                     f"{1000 * cpu_seconds() / done:.1f} ms/frame") if done else ""
+        per_frame = (f"; mean request time {self.infer_ms_total / done:.1f} ms; "
+                     f"{self.cpu.report(done)}") if done else ""
         log.info("worker %s stopped: %s%s", self.s.name, dict(self.counters), per_frame)
 
     def _reject(self, why: str) -> None:

@@ -25,6 +25,7 @@ from stream.bench.figures import (
     worker_settings,
 )
 from stream.bench.suite import Options, run_bench
+from stream.runtime import CpuMeter
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -33,13 +34,22 @@ STDERR = """\
 18:25:19 worker[4344] INFO compiled m.xml (224x224/1000/77) on CPU: inference precision \
 <Type: 'bfloat16'>
 18:25:23 capture[4345] INFO bench: stage ms/frame: source 2.1, preprocess 1.5, \
-wait_workers 57.2, to_sink 0.1; process cpu 15.8 ms/frame
-18:25:23 sink[4343] INFO sink: process cpu 7.4 ms/frame over 60 frames
+wait_workers 57.2, to_sink 0.1; process cpu 15.8 ms/frame over the 59 frames after the \
+first (0.91 s of CPU up to and including the first)
+18:25:23 sink[4343] INFO sink: process cpu 7.4 ms/frame over the 55 frames after the first 5 \
+(0.40 s of CPU up to and including the first 5)
 18:25:23 worker[4344] INFO worker w0 stopped: {'done': 60}; mean request time 90.5 ms; \
-process cpu 68.2 ms/frame
+process cpu 68.2 ms/frame over the 59 frames after the first (2.13 s of CPU up to and \
+including the first)
 18:25:23 worker[4346] INFO worker w1 stopped: {'done': 40}; mean request time 80.0 ms; \
-process cpu 60.0 ms/frame
-not a log line: process cpu 99.0 ms/frame
+process cpu 60.0 ms/frame over the 39 frames after the first (1.90 s of CPU up to and \
+including the first)
+18:25:23 worker[4347] INFO worker w2 stopped: {'done': 1}; mean request time 80.0 ms; \
+process cpu: 1.75 s of CPU up to and including the first; too few frames for a per-frame \
+figure
+18:25:23 worker[4348] INFO worker w3 stopped: {'done': 9}; process cpu 7.0 ms/frame
+not a log line: process cpu 99.0 ms/frame over the 9 frames after the first (1.00 s of \
+CPU up to and including the first)
 """
 
 STDOUT = """\
@@ -50,14 +60,27 @@ bench                  60       58        2       0    16.8     120     300  bus
 
 
 def test_role_logs_and_summary_are_parsed() -> None:
-    cpu, stages = role_cpu(STDERR)
+    cpu, startup, stages = role_cpu(STDERR)
+    # a worker with one task has no per-frame figure, only its start-up CPU; the old
+    # figure (total CPU / frames, start-up included) is not taken for the new one
     assert cpu == {"capture": 15.8, "sink": 7.4, "worker": 68.2, "worker#2": 60.0}
+    assert startup == {"capture": 0.91, "sink": 0.40, "worker": 2.13, "worker#2": 1.90,
+                       "worker#3": 1.75}
     assert stages == "source 2.1, preprocess 1.5, wait_workers 57.2, to_sink 0.1"
     assert worker_settings(STDERR) == ("bfloat16", "THROUGHPUT")
     row = summary_row(STDOUT, "bench")
     assert row is not None and (row.captured, row.labelled, row.dropped, row.fps) == (
         60, 58, 2, 16.8)
     assert summary_row(STDOUT, "other") is None and summary_row("no table", "bench") is None
+
+
+def test_the_cpu_line_a_role_logs_is_the_one_the_bench_parses() -> None:
+    used = [2.5]
+    meter = CpuMeter(lambda: used[0])
+    meter.first(1)
+    used[0] += 0.2  # 40 more frames, 5 ms each
+    line = f"18:25:23 capture[4345] INFO bench: stage ms/frame: source 1.0; {meter.report(41)}"
+    assert role_cpu(line) == ({"capture": 5.0}, {"capture": 2.5}, "source 1.0")
 
 
 def test_ratios_and_percentiles() -> None:
@@ -108,7 +131,8 @@ class FakeBackend:
                "trivial IR, labels only": 260.0, "4 live cameras": 11.0}[name]
         return Run(name, 100, 100, fps, {"capture": 3.0, "worker": 60.0, "sink": 1.0},
                    "source 2.0, preprocess 1.0", "f32", "LATENCY" if live else "THROUGHPUT",
-                   100.0 if live else None, 160.0 if live else None, per_stream)
+                   100.0 if live else None, 160.0 if live else None, per_stream,
+                   {"capture": 0.5, "worker": 2.0, "sink": 0.25})
 
 
 def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
@@ -128,7 +152,8 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     assert "per stream 2.90, 2.70, 2.70, 2.70 labels/s: max/min 1.07" in text
     assert "OpenCV decode-only 400.0 frames/s" in text
     assert re.search(r"trivial IR, labels only\s+260\.00 labels/s = 0\.65x decode-only", text)
-    assert "CPU ms/frame: capture 3.0, worker 60.0, sink 1.0" in text
+    assert ("CPU ms/frame after the first frame: capture 3.0, worker 60.0, sink 1.0; "
+            "start-up CPU s: capture 0.50, worker 2.00, sink 0.25") in text
     # the failed step is a note; nothing else is lost
     assert "note: trivial IR, with video: not measured (RuntimeError: encoder missing)" in text
     names = [n for n, _ in fake.calls]
@@ -176,10 +201,12 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
     assert _number(r"2 live cameras +([\d.]+) labels/s in all", out) > 0
     assert _number(r"max/min ([\d.]+)", out) >= 1.0
     assert _number(r"OpenCV decode-only ([\d.]+) frames/s", out) > 0
-    cpu_lines = [ln for ln in out.splitlines() if "CPU ms/frame:" in ln]
+    cpu_lines = [ln for ln in out.splitlines() if "CPU ms/frame after the first frame:" in ln]
     assert len(cpu_lines) == 6
     for line in cpu_lines:
+        per_frame, startup = line.split("; start-up CPU s: ")
         for role in ("capture", "worker", "sink"):
-            assert _number(rf"{role} ([\d.]+)", line) > 0
+            assert _number(rf"{role} ([\d.]+)", per_frame) > 0
+            assert _number(rf"{role} ([\d.]+)", startup) > 0
     # the clip was really 30 frames: every file run labelled all of them
     assert out.count("(30/30 labelled") >= 2

@@ -1,5 +1,6 @@
 """The lifecycle pieces `stream run` and every role share (stream/runtime.py): refused
-messages counted and logged once per (peer, reason), never a flood."""
+messages counted and logged once per (peer, reason), never a flood; the process CPU per
+frame from the first frame on, start-up apart."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 
 import pytest
 
-from stream.runtime import Rejections
+from stream.runtime import CpuMeter, Rejections
 
 LOGGER = "test.rejections"
 
@@ -57,3 +58,43 @@ def test_a_flood_stays_visible_and_bounded(caplog: pytest.LogCaptureFixture) -> 
     assert len(logged) == Rejections.MAX_KEYS + 1
     assert logged[-1] == "rejected message #2000: junk 1999"
     assert reject.count == n
+
+
+class FakeCpu:
+    """CPU seconds that move only when the test says so."""
+
+    def __init__(self, used: float) -> None:
+        self.used = used
+
+    def __call__(self) -> float:
+        return self.used
+
+
+def test_cpu_meter_leaves_start_up_out_of_the_per_frame_figure() -> None:
+    cpu = FakeCpu(1.84)  # imports, model compile, first frame: 1.84 s
+    meter = CpuMeter(cpu)
+    meter.first(1)
+    for _ in range(99):  # 99 more frames at 3 ms each
+        cpu.used += 0.003
+        meter.first(1)  # only the first call counts
+    assert meter.report(100) == ("process cpu 3.0 ms/frame over the 99 frames after the "
+                                 "first (1.84 s of CPU up to and including the first)")
+    # the old figure would have been (1.84 + 0.297) / 100 = 21.4 ms/frame
+
+
+def test_cpu_meter_counts_from_a_first_batch() -> None:
+    """A sink accounts for several frames at once: the count at the first call is kept."""
+    cpu = FakeCpu(0.5)
+    meter = CpuMeter(cpu)
+    meter.first(4)
+    cpu.used += 0.06
+    assert meter.report(10) == ("process cpu 10.0 ms/frame over the 6 frames after the "
+                                "first 4 (0.50 s of CPU up to and including the first 4)")
+
+
+def test_cpu_meter_gives_no_per_frame_figure_without_a_second_frame() -> None:
+    assert CpuMeter(FakeCpu(1.0)).report(0) == ""  # no first frame: nothing
+    meter = CpuMeter(FakeCpu(1.25))
+    meter.first(1)
+    assert meter.report(1) == ("process cpu: 1.25 s of CPU up to and including the first; "
+                               "too few frames for a per-frame figure")

@@ -8,6 +8,7 @@ sockets are exercised by tests/test_sink_sockets.py and the end-to-end tests.
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from stream.protocol import Drop, Eos, Frame, Hello, Result
+from stream.runtime import CpuMeter
 from stream.sink import Publisher, Sink, SinkSettings
 
 pytestmark = pytest.mark.timeout(30)
@@ -65,6 +67,28 @@ def test_out_of_order_results_leave_in_seq_order() -> None:
     assert [e["seq"] for e in labels] == [0, 1, 2, 3, 4]
     assert set(labels[0]) == {"v", "type", "stream", "seq", "pts", "ts", "labels", "latency_ms"}
     assert labels[0]["labels"][0] == {"id": 1, "name": "c1", "score": pytest.approx(0.9)}
+
+
+def test_process_cpu_is_per_frame_after_the_first_ones_accounted_for(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The CPU up to the first release (3 frames at once) is start-up; the figure is the
+    CPU after it over the frames after it."""
+    sink, _, _ = make_sink()
+    used = [1.5]
+    sink.cpu = CpuMeter(lambda: used[0])
+    for seq in range(3):
+        sink.handle(frame(seq), now=0.0)
+        sink.handle(result(seq), now=0.0)
+    sink.release(now=0.0)
+    for seq in range(3, 7):
+        used[0] += 0.01
+        sink.handle(frame(seq), now=0.0)
+        sink.handle(result(seq), now=0.0)
+        sink.release(now=0.0)
+    with caplog.at_level(logging.INFO, logger="stream.sink.role"):
+        sink.summary()
+    assert ("sink: process cpu 10.0 ms/frame over the 4 frames after the first 3 (1.50 s of "
+            "CPU up to and including the first 3)") in caplog.messages
 
 
 def test_result_before_its_frame_waits_for_the_frame() -> None:

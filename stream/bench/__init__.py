@@ -39,9 +39,11 @@ Measure, back to back on this machine and IR, and print as ratios:
                  the pipeline itself costs
 
 Each pipeline line also gives the CPU milliseconds per frame of each role (capture,
-worker, sink: what they log when they stop) and the capture's stage breakdown (decode,
-crop, waiting for workers, sending to the sink): where the time goes. Run it on an idle
-machine: anything else running shifts the figures, but less so their ratios.
+worker, sink: what they log when they stop) over the frames after each role's first,
+with the CPU seconds up to and including that first frame (imports, model compile,
+opening the source) apart, and the capture's stage breakdown (decode, crop, waiting for
+workers, sending to the sink): where the time goes. Run it on an idle machine: anything
+else running shifts the figures, but less so their ratios.
 """
 
 EPILOG = """\

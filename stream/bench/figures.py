@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 
 # "HH:MM:SS role[pid] LEVEL message" (stream.runtime.setup_logging)
 _LOG_LINE = re.compile(r"^\S+ (?P<role>[\w.-]+)\[\d+\] \w+ (?P<msg>.*)$")
-_CPU = re.compile(r"process cpu (?P<ms>\d+(?:\.\d+)?) ms/frame")
+# stream.runtime.CpuMeter.report: "process cpu X ms/frame over the N frames after the
+# first (S s of CPU up to and including the first)"; or, too few frames, only the S part.
+_CPU = re.compile(r"process cpu (?P<ms>\d+(?:\.\d+)?) ms/frame over the \d+ frames after")
+_STARTUP = re.compile(r"process cpu\b.*?(?P<s>\d+(?:\.\d+)?) s of CPU up to and including")
 _STAGES = re.compile(r"stage ms/frame: (?P<stages>[^;]*)")
 _PRECISION = re.compile(r"inference precision (?:<Type: ')?(?P<p>[\w]+)")
 _HINT = re.compile(r"model\.hint auto -> (?P<h>[A-Z_]+)")
@@ -42,13 +45,15 @@ class Run:
     labelled: int
     frames: int
     fps: float  # labelled frames per second
-    cpu_ms: dict[str, float] = field(default_factory=dict)  # role -> CPU ms per frame
+    # role -> CPU ms per frame after its first frame (cpu_startup_s: CPU s up to that one)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
     stages: str = ""  # the capture's "stage ms/frame" breakdown
     precision: str = ""  # what the worker's compiled model runs at (its log line)
     hint: str = ""  # the hint model.hint auto resolved to (the worker's log line)
     p50_ms: float | None = None  # label latency seen by a subscriber (live runs)
     p99_ms: float | None = None
     per_stream: dict[str, float] = field(default_factory=dict)  # labels/s, several streams
+    cpu_startup_s: dict[str, float] = field(default_factory=dict)  # role -> CPU s
 
 
 def worker_settings(stderr: str) -> tuple[str, str]:
@@ -58,29 +63,37 @@ def worker_settings(stderr: str) -> tuple[str, str]:
     return (p["p"] if p else "", h["h"] if h else "")
 
 
-def role_cpu(stderr: str) -> tuple[dict[str, float], str]:
-    """CPU milliseconds per frame of each role, from the lines the roles log at exit.
+def role_cpu(stderr: str) -> tuple[dict[str, float], dict[str, float], str]:
+    """Each role's CPU per frame and its start-up CPU, from the lines the roles log at exit.
 
-    Roles log ``process cpu X ms/frame`` (capture, worker, sink) over the frames each
-    handled; several processes of one role (two workers) are kept apart as ``worker``,
-    ``worker#2``, ... Returns ``({role: ms}, the capture's stage breakdown)``.
+    Roles (capture, worker, sink) log ``process cpu X ms/frame over the N frames after the
+    first (S s of CPU up to and including the first)``: X is the CPU per frame after the
+    first, S the start-up CPU (imports, model compile, opening the source, the first
+    frame), which a short run would otherwise spread over its few frames. A role with too
+    few frames logs only S. Several processes of one role (two workers) are kept apart
+    as ``worker``, ``worker#2``, ... Returns ``({role: X ms}, {role: S s}, the capture's
+    stage breakdown)``.
     """
     cpu: dict[str, float] = {}
+    startup: dict[str, float] = {}
     stages = ""
     for line in stderr.splitlines():
         m = _LOG_LINE.match(line.strip())
         if m is None:
             continue
-        c = _CPU.search(m["msg"])
-        if c is not None:
+        up = _STARTUP.search(m["msg"])
+        if up is not None:
             role, n = m["role"], 2
-            while role in cpu:
+            while role in startup:
                 role, n = f"{m['role']}#{n}", n + 1
-            cpu[role] = float(c["ms"])
+            startup[role] = float(up["s"])
+            c = _CPU.search(m["msg"])
+            if c is not None:
+                cpu[role] = float(c["ms"])
         s = _STAGES.search(m["msg"])
         if s is not None:
             stages = s["stages"].strip()
-    return cpu, stages
+    return cpu, startup, stages
 
 
 @dataclass(frozen=True)
@@ -171,9 +184,13 @@ def _settings(run: Run) -> str:
 
 
 def _cpu_text(run: Run) -> str:
-    if not run.cpu_ms:
-        return "CPU per frame: not logged"
-    return "CPU ms/frame: " + ", ".join(f"{k} {v:.1f}" for k, v in run.cpu_ms.items())
+    text = ("CPU ms/frame after the first frame: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in run.cpu_ms.items())
+            if run.cpu_ms else "CPU per frame: not logged")
+    if run.cpu_startup_s:
+        text += "; start-up CPU s: " + ", ".join(f"{k} {v:.2f}"
+                                                 for k, v in run.cpu_startup_s.items())
+    return text
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,7 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
     if res.returncode != 0 or any(r is None for r in rows.values()):
         tail = " | ".join(res.stderr.strip().splitlines()[-4:])
         raise RuntimeError(f"stream run ({name}) failed with exit {res.returncode}: {tail}")
-    cpu, stages = role_cpu(res.stderr)
+    cpu, startup, stages = role_cpu(res.stderr)
     precision, resolved = worker_settings(res.stderr)
     per_stream = {sid: _labels_per_s(row, listener.arrivals.get(sid, []))
                   for sid, row in rows.items()}
@@ -251,7 +251,7 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
                precision, resolved or hint,
                percentile(listener.latency_ms, 50) if live else None,
                percentile(listener.latency_ms, 99) if live else None,
-               per_stream if sources > 1 else {})
+               per_stream if sources > 1 else {}, startup)
 
 
 def _labels_per_s(row: Any, arrivals: Sequence[float]) -> float:

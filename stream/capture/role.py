@@ -25,7 +25,7 @@ from stream.config import ModelConfig, StreamConfig
 from stream.dispatch import Dispatcher, task_socket
 from stream.errors import ConfigError, SourceError
 from stream.health import beat
-from stream.runtime import cpu_seconds
+from stream.runtime import CpuMeter
 from stream.security import Curve
 from stream.sources import FrameSource, ImageFolderSource, OpenCVSource, set_exit_status
 from stream.transport import Sockets
@@ -69,6 +69,7 @@ class Capture:
                              clock)
         self.session = SourceSession(settings, source, stop, self.router, self.counters,
                                      stall_timeout_s=stall_timeout_s)
+        self.cpu = CpuMeter()
 
     @property
     def seq(self) -> int:
@@ -86,6 +87,7 @@ class Capture:
             for item in self.session.frames():
                 beat()
                 self.router.route(item)
+                self.cpu.first(self.router.seq)
             (reason, message), code = self.session.end, 0
         except SourceError as exc:
             reason, message, code = "error", str(exc), 2
@@ -104,10 +106,10 @@ class Capture:
         return code
 
     def _report(self) -> None:
-        """The closing log lines (scripts/benchmark.py parses ``stage ms/frame`` and
-        ``process cpu``)."""
+        """The closing log lines (`stream bench` parses ``stage ms/frame`` and ``process
+        cpu``: per captured frame from the first on, see :class:`~stream.runtime.CpuMeter`)."""
         n = self.router.seq
-        cpu = f"; process cpu {1000 * cpu_seconds() / n:.1f} ms/frame" if n else ""
+        cpu = f"; {report}" if (report := self.cpu.report(n)) else ""
         log.info("%s: stage ms/frame: %s%s", self.s.stream, self.router.timing_report(), cpu)
         log.info("%s: %d frames captured (%s)", self.s.stream, n,
                  ", ".join(f"{k}={v}" for k, v in sorted(self.counters.items())) or "no drops")

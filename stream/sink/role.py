@@ -33,7 +33,7 @@ import zmq
 from stream.config import StreamConfig
 from stream.health import beat
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status
-from stream.runtime import cpu_seconds
+from stream.runtime import CpuMeter
 from stream.sink.feed import OutputFeed, Runner
 from stream.sink.intake import Intake, Refusals
 from stream.sink.ordering import Ordering, Outcome, Refused, Released, StreamOrder
@@ -92,6 +92,7 @@ class Sink:
         self.ordering = Ordering(settings.reorder_timeout_s)
         self.progress = Progress(sys.stderr if err is None else err, settings.progress)
         self._last_summary = clock()
+        self.cpu = CpuMeter()  # process cpu per frame accounted for, from the first on
 
     @property
     def streams(self) -> dict[str, StreamOrder]:
@@ -147,9 +148,11 @@ class Sink:
         self._emit(self.ordering.release(now, force), now)
 
     def _emit(self, released: list[Released], now: float) -> None:
+        outcomes = False
         for item in released:
             if isinstance(item, Outcome):
                 self._outcome(item, now)
+                outcomes = True
                 continue
             self.feed.end_stream(item.stream)
             self.publisher.summary(item.stream, self.ordering.stream(item.stream).stats)
@@ -157,6 +160,12 @@ class Sink:
                 log.info("stream %s: capture restarted: session %d", item.stream,
                          item.session + 1)
                 self.publisher.new_session(item.stream)
+        if outcomes and self.cpu.at_first is None:
+            self.cpu.first(self._resolved())
+
+    def _resolved(self) -> int:
+        """Frames accounted for (labelled + dropped), every stream together."""
+        return sum(st.stats.resolved for st in self.streams.values())
 
     def _outcome(self, o: Outcome, now: float) -> None:
         st = self.ordering.stream(o.stream)
@@ -249,10 +258,8 @@ class Sink:
                 self.publisher.summary(st.stream, st.stats)
         if not reports and not self.rejected:
             return
-        resolved = sum(st.stats.resolved for st in self.streams.values())
-        if resolved:
-            log.info("sink: process cpu %.1f ms/frame over %d frames",
-                     1000 * cpu_seconds() / resolved, resolved)
+        if report := self.cpu.report(self._resolved()):
+            log.info("sink: %s", report)
         self.out.write("\n".join(summary_lines(reports, self.refusals.by_kind)) + "\n")
         for name, message in self.feed.errors.get("", []):
             self.out.write(f"output {name} failed: {message}\n")
