@@ -4,8 +4,9 @@ Frames come in as raw u8 H×W×3 BGR crops (``task`` messages) and go straight i
 ``AsyncInferQueue`` as zero-copy views of the ZeroMQ buffers; PrePostProcessor inside the
 compiled model does the u8→f32 and NHWC→NCHW work. Credits belong to the worker: it holds
 at most its infer requests plus one prefetch task IN ALL, whatever the number of captures,
-and grants a freed slot to one ready capture at a time, fairly (the worker half is
-:class:`~stream.grants.GrantScheduler`, the capture half :mod:`stream.dispatch`).
+and grants a freed slot (for live captures: one about to free) to one ready capture at a
+time, fairly (the worker half is :class:`~stream.grants.GrantScheduler`, the capture half
+:mod:`stream.dispatch`).
 
 Completions arrive on OpenVINO's threads; the callback turns logits into a true softmax and
 top-k and hands a ``result`` to one sender thread, the only user of the results socket
@@ -15,6 +16,7 @@ top-k and hands a ``result`` to one sender thread, the only user of the results 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -229,6 +231,7 @@ class Worker:
             # referenced in userdata until the request completes.
             self.queue.start_async({0: arr}, (i, task, time.perf_counter(), parts),
                                    share_inputs=True)
+            self.credits.started(i, task.seq)
 
     def run(self) -> int:
         """Work until ``stop`` is set; in-flight requests finish and their results go out."""
@@ -251,7 +254,11 @@ class Worker:
         last_report = time.monotonic()
         try:
             while not self.stop.is_set():
-                ready = dict(poller.poll(100))
+                # Wake up for an early live grant (GrantScheduler) or, at the latest,
+                # every 100 ms (heartbeats, the stop flag).
+                early = self.credits.next_early_s(time.monotonic())
+                wait_ms = 100 if early is None else min(100, math.ceil(early * 1000))
+                ready = dict(poller.poll(wait_ms))
                 beat()  # `stream health --role worker`: the loop turns
                 if wake in ready:
                     self._collect_done(wake)
@@ -290,6 +297,8 @@ class Worker:
         self.credits.bye()
         if self.credits.ungranted:
             self.counters["ungranted"] += self.credits.ungranted
+        if self.credits.early:
+            self.counters["early_grants"] += self.credits.early
         done = self.counters["done"]
         per_frame = (f"; mean request time {self.infer_ms_total / done:.1f} ms; "
                      f"{self.cpu.report(done)}") if done else ""
