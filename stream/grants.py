@@ -6,13 +6,10 @@ whatever the number of captures it serves (the capture half, and the conversatio
 said it has ready (``ready``), whether it is live, the grants it has not answered yet, and
 when it last sent a task. Whenever a slot is free it grants ONE slot to the ready
 capture served least recently (round robin among those waiting), so streams share the
-worker evenly whatever their number. A LIVE capture is granted when an infer request is
-free (held + granted < requests), or just before one frees (:class:`ServiceTimes`: every
-request busy, the earliest expected to finish within the time a grant takes to come back
-as a task): its frame is picked at that moment, the newest, and waits in the worker at most
-that lead, while the request does not idle for a round trip between two live frames. A
-lossless capture (files) may also fill the prefetch slots, so the requests never idle
-between two frames of a file.
+worker evenly whatever their number. A LIVE capture is granted only when an infer request
+is free (held + granted < requests): its frame is picked at that moment, the newest, and
+never waits in the worker behind another. A lossless capture (files) may also fill the
+prefetch slots, so the requests never idle between two frames of a file.
 
 A grant unanswered for :data:`GRANT_TIMEOUT_S` (the capture went away) is forgotten, so
 its slot comes back. A task that arrives without a grant (a late answer, a confused peer) is
@@ -34,53 +31,6 @@ from stream.transport import Socket
 
 GRANT_TIMEOUT_S = 2.0
 """A capture answers a grant within milliseconds; one silent this long is gone."""
-EARLY_MARGIN_S = 0.001
-"""An early live grant goes out this much before the measured lead: a task that comes a
-little early waits a millisecond; one that comes late leaves the request idle."""
-
-
-class ServiceTimes:
-    """When the next running request should free, and how long a grant takes to return.
-
-    Both are moving averages (weight :data:`ALPHA` on the newest sample) of what this worker
-    measured: ``service_s`` from a request's start to the main thread hearing it finished,
-    ``lead_s`` from a grant leaving to its task arriving (the capture crops in between).
-    Nothing is predicted before the first sample of each.
-    """
-
-    ALPHA = 0.2
-
-    def __init__(self) -> None:
-        self.service_s: float | None = None
-        self.lead_s: float | None = None
-        self._running: dict[tuple[int, int], float] = {}  # (capture, seq) -> start time
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
-    @staticmethod
-    def _avg(old: float | None, sample: float) -> float:
-        return sample if old is None else old + ServiceTimes.ALPHA * (sample - old)
-
-    def started(self, key: tuple[int, int], now: float) -> None:
-        self._running[key] = now
-
-    def finished(self, key: tuple[int, int], now: float) -> None:
-        """A request finished (a task that never started, e.g. refused, is ignored)."""
-        t0 = self._running.pop(key, None)
-        if t0 is not None:
-            self.service_s = self._avg(self.service_s, now - t0)
-
-    def answered(self, sent: float, now: float) -> None:
-        """A granted task arrived ``now``; its grant left at ``sent``."""
-        self.lead_s = self._avg(self.lead_s, max(0.0, now - sent))
-
-    def early_at(self) -> float | None:
-        """When an early grant should go out: the earliest expected finish less the lead."""
-        if self.service_s is None or self.lead_s is None or not self._running:
-            return None
-        return min(self._running.values()) + self.service_s - self.lead_s - EARLY_MARGIN_S
 
 
 class GrantScheduler:
@@ -111,9 +61,6 @@ class GrantScheduler:
         self._last_served = [float("-inf")] * n
         self._done: list[list[int]] = [[] for _ in range(n)]
         self._last_beat: float | None = None
-        self.times = ServiceTimes()
-        self.early = 0
-        """Live slots granted before a request freed (see :class:`ServiceTimes`)."""
 
     @property
     def granted(self) -> int:
@@ -132,18 +79,13 @@ class GrantScheduler:
         """A task from capture ``i`` arrived (it now holds a slot until :meth:`done`)."""
         self.held += 1
         if self._grants[i]:
-            self.times.answered(self._grants[i].popleft()[0], self.clock())
+            self._grants[i].popleft()
         else:
             self.ungranted += 1
-
-    def started(self, i: int, seq: int) -> None:
-        """Task ``seq`` of capture ``i`` went into an infer request."""
-        self.times.started((i, seq), self.clock())
 
     def done(self, i: int, seq: int) -> None:
         """Task ``seq`` of capture ``i`` is finished (result or named drop sent)."""
         self.held = max(0, self.held - 1)
-        self.times.finished((i, seq), self.clock())
         self._done[i].append(seq)
 
     def flush(self) -> None:
@@ -160,50 +102,24 @@ class GrantScheduler:
         for k in range(len(self.socks)):
             if beat or self._done[k]:
                 self._send(k)
-        while (i := self._pick(now)) is not None:
+        while (i := self._pick()) is not None:
             if not self._send(i, grant=1):
                 self._ready[i] = 0  # its link is full: try it again when it says ready
                 continue
-            if self._live[i] and self.held + self.granted >= self.requests:
-                self.early += 1
             self._grants[i].append((now, self._last_served[i]))
             self._last_served[i] = now
             self._ready[i] -= 1
 
-    def _live_limit(self, now: float) -> int:
-        """Slots live captures may fill now: the requests, plus one just before one frees.
-
-        Early only when every request is running and nothing else waits for one (held
-        counts running and queued tasks), and there is a prefetch slot to lend.
-        """
-        at = self.times.early_at()
-        if (at is not None and now >= at and self.capacity > self.requests
-                and self.held == self.times.running >= self.requests):
-            return self.requests + 1
-        return self.requests
-
-    def next_early_s(self, now: float) -> float | None:
-        """Seconds until a live capture that is ready now may be granted early (None: no
-        early grant is in view); the worker wakes up then instead of at its poll timeout."""
-        at = self.times.early_at()
-        if at is None or not any(r > 0 and live for r, live in zip(self._ready, self._live,
-                                                                    strict=True)):
-            return None
-        if self.held + self.granted != self.requests or self.capacity <= self.requests:
-            return None
-        return max(0.0, at - now)
-
-    def _pick(self, now: float) -> int | None:
+    def _pick(self) -> int | None:
         """The ready capture served least recently that may take a slot now, if any.
 
         "Served" is when it was last granted a slot it used: a grant it had to give back
         (its frame was taken by another worker) does not cost it its turn.
         """
         used = self.held + self.granted
-        live_limit = self._live_limit(now)
         best: int | None = None
         for i, ready in enumerate(self._ready):
-            limit = live_limit if self._live[i] else self.capacity
+            limit = self.requests if self._live[i] else self.capacity
             if ready > 0 and used < limit and (
                     best is None or self._last_served[i] < self._last_served[best]):
                 best = i

@@ -3,10 +3,11 @@
 Frames come in as raw u8 H×W×3 BGR crops (``task`` messages) and go straight into an
 ``AsyncInferQueue`` as zero-copy views of the ZeroMQ buffers; PrePostProcessor inside the
 compiled model does the u8→f32 and NHWC→NCHW work. Credits belong to the worker: it holds
-at most its infer requests plus one prefetch task IN ALL, whatever the number of captures,
-and grants a freed slot (for live captures: one about to free) to one ready capture at a
-time, fairly (the worker half is :class:`~stream.grants.GrantScheduler`, the capture half
-:mod:`stream.dispatch`).
+at most its infer requests (OpenVINO's optimal number: what runs at once) plus one prefetch
+task IN ALL, whatever the number of captures; the prefetched task is already handed to
+OpenVINO, queued behind the running ones, so no request waits on Python between two
+tasks. It grants a freed slot to one ready capture at a time, fairly (the worker half is
+:class:`~stream.grants.GrantScheduler`, the capture half :mod:`stream.dispatch`).
 
 Completions arrive on OpenVINO's threads; the callback turns logits into a true softmax and
 top-k and hands a ``result`` to one sender thread, the only user of the results socket
@@ -16,7 +17,6 @@ top-k and hands a ``result`` to one sender thread, the only user of the results 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import queue
 import socket
@@ -124,7 +124,10 @@ class Worker:
         if infer_queue is None:
             import openvino as ov  # the OpenVINO boundary lives here and in stream.model
 
-            infer_queue = ov.AsyncInferQueue(compiled, self.nireq)
+            # As many requests as tasks held: a prefetched task waits inside OpenVINO,
+            # which starts it the moment a stream frees, not here for the completion to
+            # reach this thread.
+            infer_queue = ov.AsyncInferQueue(compiled, self.capacity)
         self.queue: InferQueue = infer_queue
         self.queue.set_callback(self._done)
         # (capture index, seq, message to the sink or None): the sender thread's work.
@@ -133,6 +136,7 @@ class Worker:
         self._closing = threading.Event()
         self._give_up_at: float | None = None
         self.pending: deque[tuple[int, Task, Any]] = deque()
+        self.in_openvino: set[tuple[int, int]] = set()  # (capture, seq) started, not done
         self.counters: Counter[str] = Counter()
         self._rejections = Rejections(log)
         self._lock = threading.Lock()
@@ -231,7 +235,7 @@ class Worker:
             # referenced in userdata until the request completes.
             self.queue.start_async({0: arr}, (i, task, time.perf_counter(), parts),
                                    share_inputs=True)
-            self.credits.started(i, task.seq)
+            self.in_openvino.add((i, task.seq))
 
     def run(self) -> int:
         """Work until ``stop`` is set; in-flight requests finish and their results go out."""
@@ -249,16 +253,13 @@ class Worker:
         for sock in self.captures:
             poller.register(sock, zmq.POLLIN)
         h, w = self.input_hw
-        log.info("worker %s ready: %d infer requests, holds at most %d tasks, input %dx%d",
+        log.info("worker %s ready: %d infer requests at once, holds at most %d tasks "
+                 "(the rest queued in OpenVINO), input %dx%d",
                  self.s.name, self.nireq, self.capacity, w, h)
         last_report = time.monotonic()
         try:
             while not self.stop.is_set():
-                # Wake up for an early live grant (GrantScheduler) or, at the latest,
-                # every 100 ms (heartbeats, the stop flag).
-                early = self.credits.next_early_s(time.monotonic())
-                wait_ms = 100 if early is None else min(100, math.ceil(early * 1000))
-                ready = dict(poller.poll(wait_ms))
+                ready = dict(poller.poll(self._wait_ms()))
                 beat()  # `stream health --role worker`: the loop turns
                 if wake in ready:
                     self._collect_done(wake)
@@ -275,6 +276,13 @@ class Worker:
             self._shutdown(wake, sender)
         return 0
 
+    def _wait_ms(self) -> int:
+        """How long the loop may sleep when nothing arrives: 1 ms while a task waits for a
+        request that finished but that OpenVINO has not marked idle yet (the completion
+        reaches this thread before OpenVINO's own bookkeeping ends: no later message
+        would wake the loop for it), else 100 ms (heartbeats, the stop flag)."""
+        return 1 if self.pending and len(self.in_openvino) < self.capacity else 100
+
     def _collect_done(self, wake: Socket) -> None:
         while True:
             try:
@@ -282,6 +290,7 @@ class Worker:
             except zmq.Again:
                 return
             self.credits.done(int(src), int(seq))
+            self.in_openvino.discard((int(src), int(seq)))
             self.counters["done"] += 1
             self.cpu.first(self.counters["done"])
 
@@ -297,8 +306,6 @@ class Worker:
         self.credits.bye()
         if self.credits.ungranted:
             self.counters["ungranted"] += self.credits.ungranted
-        if self.credits.early:
-            self.counters["early_grants"] += self.credits.early
         done = self.counters["done"]
         per_frame = (f"; mean request time {self.infer_ms_total / done:.1f} ms; "
                      f"{self.cpu.report(done)}") if done else ""

@@ -242,45 +242,6 @@ def test_live_captures_are_granted_only_when_a_request_is_free(sockets: Sockets)
     assert caps.grants() == [0, 1], "the prefetch slot is for lossless frames only"
 
 
-def test_a_live_slot_is_granted_just_before_the_running_request_frees(
-    sockets: Sockets,
-) -> None:
-    caps = Captures(sockets, 2, requests=1, prefetch=1)
-    g, clock = caps.g, caps.clock
-    g.on_ready(0, Ready("a", 1, live=True))
-    g.flush()
-    assert caps.grants() == [1, 0]
-    assert g.next_early_s(clock.t) is None, "nothing measured yet: no prediction"
-    clock.t += 0.004  # the task comes back 4 ms after its grant
-    g.received(0)
-    g.started(0, 0)
-    clock.t += 0.040  # and takes 40 ms
-    g.done(0, 0)
-    g.on_ready(0, Ready("a", 1, live=True))
-    g.flush()
-    assert caps.grants() == [1, 0]
-    clock.t += 0.004
-    g.received(0)
-    g.started(0, 1)
-    start = clock.t
-    g.on_ready(0, Ready("a", 1, live=True))
-    g.on_ready(1, Ready("b", 1, live=True))
-    g.flush()
-    assert caps.grants() == [0, 0], "the request has just started: no grant yet"
-    due = g.next_early_s(clock.t)
-    assert due is not None and abs(due - (0.040 - 0.004 - 0.001)) < 1e-9
-    clock.t = start + 0.034
-    g.flush()
-    assert caps.grants() == [0, 0], "not yet inside the lead"
-    clock.t = start + 0.0355
-    g.flush()
-    assert sorted(caps.grants()) == [0, 1], "one early grant, to one capture"
-    assert g.early == 1 and g.next_early_s(clock.t) is None
-    clock.t = start + 0.039
-    g.flush()
-    assert caps.grants() == [0, 0], "never more than one slot ahead of the requests"
-
-
 def test_an_unanswered_grant_expires_and_a_declined_one_comes_back(sockets: Sockets) -> None:
     caps = Captures(sockets, 2, requests=1, prefetch=0)
     caps.g.on_ready(0, Ready("a", 1, live=True))

@@ -94,3 +94,39 @@ def test_worker_labels_tasks_frees_credits_and_says_bye(
                 if isinstance(credit, Credit) and credit.bye:
                     break
         sockets.close(linger_ms=0)
+
+
+class _BusyOnce:
+    """An infer queue whose finished request is not marked idle yet (OpenVINO's callback
+    bookkeeping still running when the completion reaches the worker's loop)."""
+
+    def set_callback(self, callback: object) -> None:
+        pass
+
+    def is_ready(self) -> bool:
+        return False
+
+    def start_async(self, inputs: object, userdata: object = None,
+                    share_inputs: bool = False) -> None:
+        raise AssertionError("never ready")
+
+    def wait_all(self) -> None:
+        pass
+
+
+def test_a_task_waiting_for_a_request_that_finished_is_retried_within_a_millisecond() -> None:
+    from stream.worker import Worker, WorkerSettings
+
+    with Sockets() as sockets:
+        w = Worker(WorkerSettings("w1"), None, (2, 2), [], sockets.socket(zmq.PUSH), sockets,
+                   threading.Event(), requests=1, prefetch=1, infer_queue=_BusyOnce())
+        assert w.capacity == 2
+        assert w._wait_ms() == 100, "nothing waiting: the loop may sleep"
+        task = Task("cam", 7, None, 1.0, 2, 2, bytes(12))
+        w.pending.append((0, task, None))
+        w.in_openvino = {(0, 5)}  # one of its two requests is free by the worker's count
+        w._start_ready()
+        assert len(w.pending) == 1
+        assert w._wait_ms() == 1, "no message will wake the loop for this task: poll again"
+        w.in_openvino = {(0, 5), (0, 6)}  # both held: a completion will wake the loop
+        assert w._wait_ms() == 100
