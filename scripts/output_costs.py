@@ -3,7 +3,9 @@
 Runs the sample clip (``stream.samples``: 10 s of 720p at 30 fps) through, in this one
 process and one after the other:
 
-- the video file output, H.264 (libx264 ``superfast``, the default) and ``mp4v`` (OpenCV);
+- the video file output, H.264 (libx264 ``ultrafast``: the default, ``superfast``,
+  ``veryfast``; ``sink.h264_preset``) and ``mp4v`` (OpenCV), with each file's size and
+  PSNR against the source (lower half of the picture: the panel is drawn at the top);
 - RTSP out (libx264 ``ultrafast`` + ``zerolatency``, the default, and ``superfast``) to a
   real RTSP server, ``ffmpeg -rtsp_flags listen`` saving what it receives (its size is
   the stream's bitrate).
@@ -51,6 +53,22 @@ def frames_of(clip: Path) -> list[OutputFrame]:
     return out
 
 
+def psnr(frames: list[OutputFrame], path: Path) -> float:
+    """Mean PSNR of the written file against the frames, on the lower half of the picture
+    (the label panel is drawn at the top and is not in the source)."""
+    import numpy as np
+
+    total, n = 0.0, 0
+    with av.open(str(path)) as c:
+        for f, src in zip(c.decode(video=0), frames, strict=False):
+            h = src.image.shape[0] // 2
+            got = f.to_ndarray(format="bgr24")[h:].astype(np.float64)
+            err = np.mean((got - src.image[h:].astype(np.float64)) ** 2)
+            total += 10 * np.log10(255.0**2 / max(err, 1e-10))
+            n += 1
+    return total / max(n, 1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,10 +97,15 @@ def main() -> int:
         d = Path(tmp)
         frames = frames_of(make_sample_clip(d / "sample.mp4", seconds=args.seconds))
         print(f"{len(frames)} frames of {frames[0].image.shape[1]}x{frames[0].image.shape[0]}")
-        for codec in ("h264", "mp4v"):
-            run(f"file {codec}", VideoFileOutput(str(d / codec), codec=codec), frames)
-            size = (d / codec / "cam.mp4").stat().st_size
-            print(f"{'':32s} file size {size / 1e6:.2f} MB")
+        files = [("h264", p) for p in ("ultrafast", "superfast", "veryfast")] + [("mp4v", "")]
+        for codec, preset in files:
+            name = f"{codec}-{preset}" if preset else codec
+            out = VideoFileOutput(str(d / name), codec=codec, **({"preset": preset}
+                                                                  if preset else {}))
+            run(f"file {name}", out, frames)
+            path = d / name / "cam.mp4"
+            print(f"{'':32s} file size {path.stat().st_size / 1e6:.2f} MB, "
+                  f"PSNR {psnr(frames, path):.1f} dB (lower half, against the source)")
         for preset in ("ultrafast", "superfast"):
             port = free_port()
             rx = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "error", "-rtsp_flags", "listen",

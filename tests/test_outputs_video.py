@@ -112,6 +112,31 @@ def test_h264_file_has_every_frame_and_plays(tmp_path: Path) -> None:
     assert decoded[3][:20, :40].mean() < 0.6 * ((3 * 37) % 200 + 20)
 
 
+def x264_options(path: Path) -> str:
+    """The settings libx264 wrote into the stream (its SEI message: ``cabac=0 ref=1 ...``)."""
+    data = path.read_bytes()
+    start = data.index(b"options: ")
+    return data[start:data.index(b"\x00", start)].decode("ascii", "replace")
+
+
+@pytest.mark.parametrize(("preset", "expected"), [
+    (None, ("cabac=0", "ref=1", "subme=0")),  # the default: ultrafast
+    ("ultrafast", ("cabac=0", "ref=1", "subme=0")),
+    ("superfast", ("cabac=1", "ref=1", "subme=1")),
+    ("veryfast", ("cabac=1", "ref=1", "subme=2")),
+])
+def test_the_h264_preset_reaches_the_encoder(tmp_path: Path, preset: str | None,
+                                             expected: tuple[str, ...]) -> None:
+    from stream.config.sink import SinkConfig
+
+    # the config's value (and its default) is what the sink hands the output
+    cfg = SinkConfig(output_dir=str(tmp_path), **({"h264_preset": preset} if preset else {}))
+    out = VideoFileOutput(str(tmp_path), preset=cfg.h264_preset)
+    write_all(out, [make_frame("cam1", i, numbered(i), i / 25) for i in range(10)])
+    options = x264_options(tmp_path / "cam1.mp4").split()
+    assert all(e in options for e in expected), options
+
+
 @pytest.mark.parametrize("clock", ["pts", "ts"])
 def test_variable_frame_rate_and_gaps_keep_the_source_timing(tmp_path: Path,
                                                              clock: str) -> None:

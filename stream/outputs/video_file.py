@@ -103,10 +103,12 @@ class VideoFileOutput:
         container: ``mp4`` (default), ``mkv`` or ``avi`` (``avi`` only with OpenCV codecs).
         codec: ``h264`` (default) or an OpenCV FourCC such as ``mp4v`` or ``MJPG``.
         draw: draw the label panel (on a copy: the frame's image is read-only).
-        preset: the libx264 speed/size trade-off. ``superfast`` (measured at 720p, 10 s
-            sample clip, CRF 23): ~8 ms CPU a frame, 2.7 MB, 41.4 dB PSNR; ``veryfast``
-            ~15 ms, 1.7 MB, 39.9 dB; OpenCV's ``mp4v`` ~4.5 ms, 4.9 MB, 40.2 dB. The
-            encoder shares the machine with inference, so the cheaper preset is the default.
+        preset: the libx264 speed/size trade-off (``sink.h264_preset``). Measured at
+            720p on the 10 s sample clip, CRF 23, label panel drawn
+            (scripts/output_costs.py): ``ultrafast`` ~6.1 ms CPU a frame, 3.7 MB, PSNR
+            41.2 dB; ``superfast`` ~9.1 ms, 2.7 MB, 40.9 dB; ``veryfast`` ~14.3 ms,
+            1.8 MB, 39.4 dB; OpenCV's ``mp4v`` ~5.0 ms, 5.1 MB, 40.0 dB. The encoder
+            shares the cores with inference, so the cheapest preset is the default.
         segment_s: start a new file every this many seconds of media time (None: one
             file per session).
 
@@ -118,7 +120,7 @@ class VideoFileOutput:
     retry_after_error = False
 
     def __init__(self, output_dir: str, container: str = "mp4", codec: str = "h264",
-                 draw: bool = True, preset: str = "superfast",
+                 draw: bool = True, preset: str = "ultrafast",
                  segment_s: float | None = None) -> None:
         if is_h264(codec) and container not in FORMATS:
             raise ConfigError(f"codec {codec!r} is written to mp4 or mkv, not {container}")

@@ -304,7 +304,7 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
 
         check_video_output(s.output_dir, s.video_format, s.codec)
         video = VideoFileOutput(s.output_dir, s.video_format, s.codec, s.draw,
-                                segment_s=s.segment_s)
+                                preset=s.h264_preset, segment_s=s.segment_s)
         outputs.append((video.name, OutputRunner(video, queue_size=QUEUE_SIZE)))
     if s.rtsp_out is not None:  # RTSP out: a server that is down is retried, never fatal
         from stream.outputs.rtsp_out import RtspOutput
