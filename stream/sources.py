@@ -57,6 +57,12 @@ EXIT_WAIT_S = 1.0
 short because a stopping capture must be gone within the launcher's 5 s grace."""
 
 DECODE_THREADS = 2
+"""FFmpeg decoder threads for files: FFmpeg's default (one per CPU, plus one) spent ~25% more
+CPU per 720p H.264 frame here (5.5 vs 4.4 ms), CPU the inference needs."""
+LIVE_DECODE_THREADS = 1
+"""Decoder threads for cameras: frame threading holds back (threads - 1) frames, 40 ms of
+latency per extra thread at 25 fps that no label timestamp shows, and one thread decodes a
+720p H.264 frame in ~2.9 ms of CPU against ~3.3 ms on two (measured here)."""
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 
@@ -134,9 +140,8 @@ class OpenCVSource:
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms,
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms,
-            # Two decoder threads: FFmpeg's default (one per CPU, plus one) spent ~25% more
-            # CPU per 720p H.264 frame here (5.5 vs 4.4 ms), CPU the inference needs.
-            cv2.CAP_PROP_N_THREADS, DECODE_THREADS,
+            cv2.CAP_PROP_N_THREADS,
+            DECODE_THREADS if self.kind == "file" else LIVE_DECODE_THREADS,
         ]
         if self.kind == "camera":
             dev = camera_index(self.url)
