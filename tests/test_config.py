@@ -481,6 +481,14 @@ def test_describe_and_dump(tmp_path: Path) -> None:
     assert "frames tcp://127.0.0.1:5570 .. tcp://127.0.0.1:5571" in text
     assert "hunter2" not in text + dump_config(cfg) + repr(cfg) + str(cfg.sources[0])
     assert "url: rtsp://***:***@10.0.0.9/s" in dump_config(cfg)
+    # the hint the worker will compile with, not "auto"
+    assert "auto -> THROUGHPUT (1 of 2 source(s) not live)" in text
+    live = config_from_dict({"sources": [{"id": "door", "url": "rtsp://10.0.0.9/s"},
+                                         {"id": "clip", "url": "a.mp4", "realtime": True}]})
+    assert "auto -> LATENCY (every source is live)" in describe(live)
+    fixed = config_from_dict({"sources": [{"id": "door", "url": "rtsp://10.0.0.9/s"}],
+                              "model": {"hint": "THROUGHPUT"}})
+    assert "on CPU, THROUGHPUT," in describe(fixed)
 
 
 def test_docs_reference_is_generated_from_the_models() -> None:

@@ -8,6 +8,7 @@ re-exported here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -44,7 +45,20 @@ __all__ = [
     "TransportConfig",
     "VideoCodec",
     "WorkersConfig",
+    "auto_hint",
 ]
+
+def auto_hint(live: Sequence[bool]) -> tuple[str, str]:
+    """What ``model.hint: auto`` resolves to for sources with these ``is_live`` flags, and why.
+
+    LATENCY when every source is live, else THROUGHPUT (the reasons are in
+    :func:`stream.model.runtime.resolve_hint`, which compiles with it; ``stream validate``
+    prints it).
+    """
+    if live and all(live):
+        return "LATENCY", "every source is live"
+    return "THROUGHPUT", f"{sum(1 for x in live if not x)} of {len(live)} source(s) not live"
+
 
 class ModelConfig(Strict):
     """The classifier IR and how OpenVINO compiles it (per worker process)."""

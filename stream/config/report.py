@@ -18,6 +18,7 @@ from stream.config.models import (
     Strict,
     TransportConfig,
     WorkersConfig,
+    auto_hint,
 )
 from stream.config.redact import redact_url
 
@@ -56,8 +57,11 @@ def describe(cfg: StreamConfig) -> str:
     requests = m.requests or "auto"
     streams = m.streams or "auto"
     lines.append(f"workers: {workers}")
+    hint: str = m.hint
+    if hint == "auto":  # what the worker compiles with (stream.model.runtime.resolve_hint)
+        hint = "auto -> {} ({})".format(*auto_hint([src.is_live() for src in cfg.sources]))
     lines.append(
-        f"model: {m.path} on {m.device}, {m.hint}, precision {m.precision or 'default'}, "
+        f"model: {m.path} on {m.device}, {hint}, precision {m.precision or 'default'}, "
         f"requests {requests}, streams {streams}, top-{m.top_k}, "
         f"labels {m.labels or 'ImageNet-1k (built in)'}"
     )

@@ -22,6 +22,7 @@ import openvino.properties as props
 import openvino.properties.hint as hints
 from openvino.preprocess import PrePostProcessor
 
+from stream.config.models import auto_hint
 from stream.errors import ConfigError, ModelError
 
 HINTS = ("THROUGHPUT", "LATENCY", "CUMULATIVE_THROUGHPUT")
@@ -47,9 +48,7 @@ def resolve_hint(hint: str, live: Sequence[bool]) -> str:
             raise ConfigError(f"performance hint {hint!r} is not auto or one of "
                               f"{', '.join(HINTS)}")
         return hint
-    chosen = "LATENCY" if live and all(live) else "THROUGHPUT"
-    why = ("every source is live" if chosen == "LATENCY"
-           else f"{sum(1 for x in live if not x)} of {len(live)} source(s) not live")
+    chosen, why = auto_hint(live)
     log.info("model.hint auto -> %s (%s)", chosen, why)
     return chosen
 PRECISIONS: dict[str, Any] = {"bf16": ov.Type.bf16, "f16": ov.Type.f16, "f32": ov.Type.f32}
