@@ -143,7 +143,7 @@ def test_summary_schema() -> None:
 
 # --------------------------------------------------------------------------- round trips
 
-streams = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=64)
+streams = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}", fullmatch=True)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 u63 = st.integers(0, (1 << 63) - 1)
 names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
@@ -230,6 +230,11 @@ def test_bad_label_fields_are_refused(change: dict[str, Any]) -> None:
     (ev.summary_event("c", 1, 1, {}, 1.0, 1.0, 1.0, ts=1.0), {"dropped": [1]}),
     (ev.change_event("c", 1, None, 1.0, None, (1, "a", 0.5)), {"current": None}),
     (ev.change_event("c", 1, None, 1.0, None, (1, "a", 0.5)), {"previous": 3}),
+    # the stream id rule of the config and the wire, not just a short string
+    (ev.status_event("c", "s", ts=1.0), {"stream": "../etc"}),
+    (ev.status_event("c", "s", ts=1.0), {"stream": "cam 1"}),
+    (ev.status_event("c", "s", ts=1.0), {"stream": "x" * 65}),
+    (ev.change_event("c", 1, None, 1.0, None, (1, "a", 0.5)), {"stream": "-cam"}),
 ])
 def test_bad_other_fields_are_refused(event: dict[str, Any], change: dict[str, Any]) -> None:
     with pytest.raises(ProtocolError):

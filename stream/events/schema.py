@@ -13,6 +13,7 @@ from typing import Any, Literal, TypedDict
 import msgpack
 
 from stream.errors import ProtocolError
+from stream.ids import STREAM_ID_RULE, is_stream_id
 
 EVENT_SCHEMA_VERSION = 1
 """Major version of the event schema; bumped only by a breaking change."""
@@ -25,7 +26,6 @@ EVENT_TYPES: tuple[str, ...] = ("label", "change", "status", "summary")
 
 STATUS_TOPIC_PREFIX = "status/"
 STATUS_TYPES = frozenset({"status", "summary"})
-_MAX_STREAM_LEN = 64  # same bound as stream.protocol: ids are short names, not URLs
 _MAX_INT = (1 << 63) - 1
 MAX_EVENT_BYTES = 1 << 20  # a label event is < 1 KB; anything this big is garbage
 
@@ -362,8 +362,8 @@ class _Check:
 
     def stream(self, key: str) -> None:
         s = self.get(key)
-        if not isinstance(s, str) or not 1 <= len(s) <= _MAX_STREAM_LEN:
-            raise self.bad(key, f"a 1..{_MAX_STREAM_LEN} character string")
+        if not is_stream_id(s):
+            raise self.bad(key, f"a stream id ({STREAM_ID_RULE})")
 
     def int_(self, key: str, optional: bool = False) -> None:
         v = self.get(key)
