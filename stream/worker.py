@@ -136,7 +136,8 @@ class Worker:
         self._closing = threading.Event()
         self._give_up_at: float | None = None
         self.pending: deque[tuple[int, Task, Any]] = deque()
-        self.in_openvino: set[tuple[int, int]] = set()  # (capture, seq) started, not done
+        # (capture, seq) -> requests started for it and not done (a re-sent seq may run twice)
+        self.in_openvino: Counter[tuple[int, int]] = Counter()
         self.counters: Counter[str] = Counter()
         self._rejections = Rejections(log)
         self._lock = threading.Lock()
@@ -235,7 +236,7 @@ class Worker:
             # referenced in userdata until the request completes.
             self.queue.start_async({0: arr}, (i, task, time.perf_counter(), parts),
                                    share_inputs=True)
-            self.in_openvino.add((i, task.seq))
+            self.in_openvino[(i, task.seq)] += 1
 
     def run(self) -> int:
         """Work until ``stop`` is set; in-flight requests finish and their results go out."""
@@ -281,7 +282,7 @@ class Worker:
         request that finished but that OpenVINO has not marked idle yet (the completion
         reaches this thread before OpenVINO's own bookkeeping ends: no later message
         would wake the loop for it), else 100 ms (heartbeats, the stop flag)."""
-        return 1 if self.pending and len(self.in_openvino) < self.capacity else 100
+        return 1 if self.pending and self.in_openvino.total() < self.capacity else 100
 
     def _collect_done(self, wake: Socket) -> None:
         while True:
@@ -290,7 +291,11 @@ class Worker:
             except zmq.Again:
                 return
             self.credits.done(int(src), int(seq))
-            self.in_openvino.discard((int(src), int(seq)))
+            key = (int(src), int(seq))
+            if self.in_openvino[key] > 1:
+                self.in_openvino[key] -= 1
+            else:
+                self.in_openvino.pop(key, None)  # also a task refused before it started
             self.counters["done"] += 1
             self.cpu.first(self.counters["done"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -124,9 +125,9 @@ def test_a_task_waiting_for_a_request_that_finished_is_retried_within_a_millisec
         assert w._wait_ms() == 100, "nothing waiting: the loop may sleep"
         task = Task("cam", 7, None, 1.0, 2, 2, bytes(12))
         w.pending.append((0, task, None))
-        w.in_openvino = {(0, 5)}  # one of its two requests is free by the worker's count
+        w.in_openvino = Counter({(0, 5): 1})  # one of its two requests is free by its count
         w._start_ready()
         assert len(w.pending) == 1
         assert w._wait_ms() == 1, "no message will wake the loop for this task: poll again"
-        w.in_openvino = {(0, 5), (0, 6)}  # both held: a completion will wake the loop
+        w.in_openvino = Counter({(0, 5): 2})  # a seq re-sent runs twice: both held
         assert w._wait_ms() == 100
