@@ -56,6 +56,8 @@ class WorkerSettings:
 class InferQueue(Protocol):
     """The slice of ``openvino.AsyncInferQueue`` the worker uses (the OpenVINO seam)."""
 
+    def __len__(self) -> int: ...
+
     def set_callback(self, callback: Any) -> None: ...
 
     def is_ready(self) -> bool: ...
@@ -129,15 +131,18 @@ class Worker:
             # reach this thread.
             infer_queue = ov.AsyncInferQueue(compiled, self.capacity)
         self.queue: InferQueue = infer_queue
+        self.slots = len(infer_queue)
+        """Requests in the infer queue (``capacity`` when the worker builds it)."""
         self.queue.set_callback(self._done)
-        # (capture index, seq, message to the sink or None): the sender thread's work.
-        self.outbox: queue.SimpleQueue[tuple[int, int, Result | Drop | None] | None] = (
+        # (capture index, seq, message to the sink or None, whether it ran in OpenVINO):
+        # the sender thread's work.
+        self.outbox: queue.SimpleQueue[tuple[int, int, Result | Drop | None, bool] | None] = (
             queue.SimpleQueue())
         self._closing = threading.Event()
         self._give_up_at: float | None = None
         self.pending: deque[tuple[int, Task, Any]] = deque()
-        # (capture, seq) -> requests started for it and not done (a re-sent seq may run twice)
-        self.in_openvino: Counter[tuple[int, int]] = Counter()
+        self.in_openvino = 0
+        """Tasks handed to OpenVINO (running or queued there) and not finished."""
         self.counters: Counter[str] = Counter()
         self._rejections = Rejections(log)
         self._lock = threading.Lock()
@@ -156,7 +161,8 @@ class Worker:
                 self.infer_ms_total += infer_ms
             buf = probs.tobytes() if self.s.send_probs else None
             self.outbox.put((src, task.seq, Result(task.stream, task.seq, task.ts, self.s.name,
-                                                   tuple(ids), tuple(scores), infer_ms, buf)))
+                                                   tuple(ids), tuple(scores), infer_ms, buf),
+                             True))
         except Exception:  # never let a callback error kill the OpenVINO thread silently
             log.exception("inference callback failed for %s #%d", task.stream, task.seq)
             with self._lock:
@@ -164,7 +170,7 @@ class Worker:
             # Still "done" for the capture (or it would wait for this seq for ever), and a
             # named drop for the sink.
             self.outbox.put((src, task.seq, Drop(task.stream, task.seq, task.pts, task.ts,
-                                                 "inference_error")))
+                                                 "inference_error"), True))
 
     def _sender(self, wake: Socket) -> None:
         """The results thread: the only user of ``results`` and of ``wake`` (PUSH)."""
@@ -172,10 +178,10 @@ class Worker:
             item = self.outbox.get()
             if item is None:
                 return
-            src, seq, msg = item
+            src, seq, msg, ran = item
             if msg is not None:
                 self._deliver(msg)
-            wake.send_multipart([b"%d" % src, b"%d" % seq])
+            wake.send_multipart([b"%d" % src, b"%d" % seq, b"1" if ran else b"0"])
 
     def _deliver(self, msg: Result | Drop) -> None:
         """Send to the sink; while the sink is away, wait (credits stop flowing, so the
@@ -222,7 +228,7 @@ class Worker:
                 # Done for the capture, a named drop for the sink (via the sender thread,
                 # the only user of the results socket).
                 self.outbox.put((i, msg.seq, Drop(msg.stream, msg.seq, msg.pts, msg.ts,
-                                                  "bad_input")))
+                                                  "bad_input"), False))
                 continue
             self.pending.append((i, msg, parts))
             self.counters["received"] += 1
@@ -236,7 +242,7 @@ class Worker:
             # referenced in userdata until the request completes.
             self.queue.start_async({0: arr}, (i, task, time.perf_counter(), parts),
                                    share_inputs=True)
-            self.in_openvino[(i, task.seq)] += 1
+            self.in_openvino += 1
 
     def run(self) -> int:
         """Work until ``stop`` is set; in-flight requests finish and their results go out."""
@@ -282,20 +288,17 @@ class Worker:
         request that finished but that OpenVINO has not marked idle yet (the completion
         reaches this thread before OpenVINO's own bookkeeping ends: no later message
         would wake the loop for it), else 100 ms (heartbeats, the stop flag)."""
-        return 1 if self.pending and self.in_openvino.total() < self.capacity else 100
+        return 1 if self.pending and self.in_openvino < self.slots else 100
 
     def _collect_done(self, wake: Socket) -> None:
         while True:
             try:
-                src, seq = wake.recv_multipart(zmq.NOBLOCK)
+                src, seq, ran = wake.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.credits.done(int(src), int(seq))
-            key = (int(src), int(seq))
-            if self.in_openvino[key] > 1:
-                self.in_openvino[key] -= 1
-            else:
-                self.in_openvino.pop(key, None)  # also a task refused before it started
+            if ran == b"1":
+                self.in_openvino -= 1
             self.counters["done"] += 1
             self.cpu.first(self.counters["done"])
 

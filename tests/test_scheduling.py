@@ -39,17 +39,22 @@ pytestmark = pytest.mark.timeout(60)
 
 
 class FakeInferQueue:
-    """``AsyncInferQueue`` with ``n`` requests that each take ``infer_s`` (simulated
-    compute on a pool thread); the logits say which grey the crop was, so a label is
-    checkable. Records the seq of every task started, and when."""
+    """``AsyncInferQueue`` with ``n`` requests, ``parallel`` of which compute at once for
+    ``infer_s`` each (simulated compute on a pool thread; the rest wait in the pool's queue,
+    as in OpenVINO's streams); a request is free again only after its callback returned,
+    as in OpenVINO. The logits say which grey the crop was, so a label is checkable.
+    Records the seq of every task started, and when."""
 
-    def __init__(self, n: int, infer_s: float) -> None:
+    def __init__(self, n: int, infer_s: float, parallel: int | None = None) -> None:
         self.n, self.infer_s = n, infer_s
-        self.pool = ThreadPoolExecutor(n)
+        self.pool = ThreadPoolExecutor(parallel or n)
         self.busy = 0
         self.lock = threading.Lock()
         self.callback: Any = None
         self.started: list[tuple[float, str, int]] = []
+
+    def __len__(self) -> int:
+        return self.n
 
     def set_callback(self, callback: Any) -> None:
         self.callback = callback
@@ -78,9 +83,9 @@ class FakeInferQueue:
                     data = logits
                 return T()
 
+        self.callback(Request(), userdata)
         with self.lock:
             self.busy -= 1
-        self.callback(Request(), userdata)
 
     def wait_all(self) -> None:
         self.pool.shutdown(wait=True)
@@ -180,7 +185,8 @@ class Rig:
         self.tap = Tap(pairs)
         results = sockets.socket(zmq.PUSH, linger_ms=0)
         results.connect("inproc://sink")
-        self.infer = FakeInferQueue(requests, infer_s)
+        # as the worker builds it: a request per task it may hold, `requests` at a time
+        self.infer = FakeInferQueue(requests + prefetch, infer_s, parallel=requests)
         self.worker_stop = threading.Event()
         self.worker = Worker(WorkerSettings("w1", send_probs=False), None, (224, 224),
                              worker_ends, results, sockets, self.worker_stop,

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -97,19 +97,30 @@ def test_worker_labels_tasks_frees_credits_and_says_bye(
         sockets.close(linger_ms=0)
 
 
-class _BusyOnce:
-    """An infer queue whose finished request is not marked idle yet (OpenVINO's callback
-    bookkeeping still running when the completion reaches the worker's loop)."""
+class _Gate:
+    """An infer queue of ``n`` requests whose "idle again" the test says (OpenVINO marks a
+    request idle only after its completion callback returned, which can be after the
+    completion reached the worker's loop)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.idle = n
+        self.started: list[int] = []
+
+    def __len__(self) -> int:
+        return self.n
 
     def set_callback(self, callback: object) -> None:
         pass
 
     def is_ready(self) -> bool:
-        return False
+        return self.idle > 0
 
-    def start_async(self, inputs: object, userdata: object = None,
+    def start_async(self, inputs: object, userdata: Any = None,
                     share_inputs: bool = False) -> None:
-        raise AssertionError("never ready")
+        assert self.idle > 0, "started on a busy queue"
+        self.idle -= 1
+        self.started.append(userdata[1].seq)
 
     def wait_all(self) -> None:
         pass
@@ -119,15 +130,36 @@ def test_a_task_waiting_for_a_request_that_finished_is_retried_within_a_millisec
     from stream.worker import Worker, WorkerSettings
 
     with Sockets() as sockets:
-        w = Worker(WorkerSettings("w1"), None, (2, 2), [], sockets.socket(zmq.PUSH), sockets,
-                   threading.Event(), requests=1, prefetch=1, infer_queue=_BusyOnce())
-        assert w.capacity == 2
+        wake = sockets.socket(zmq.PULL, linger_ms=0)
+        wake.bind("inproc://test-wake")
+        done = sockets.socket(zmq.PUSH, linger_ms=0)
+        done.connect("inproc://test-wake")
+        gate = _Gate(2)
+        w = Worker(WorkerSettings("w1"), None, (2, 2), [sockets.socket(zmq.DEALER)],
+                   sockets.socket(zmq.PUSH), sockets, threading.Event(), requests=1,
+                   prefetch=1, infer_queue=gate)
+        assert w.capacity == w.slots == 2
         assert w._wait_ms() == 100, "nothing waiting: the loop may sleep"
-        task = Task("cam", 7, None, 1.0, 2, 2, bytes(12))
-        w.pending.append((0, task, None))
-        w.in_openvino = Counter({(0, 5): 1})  # one of its two requests is free by its count
+
+        def task(seq: int) -> tuple[int, Task, None]:
+            return (0, Task("cam", seq, None, 1.0, 2, 2, bytes(12)), None)
+
+        def finished(seq: int, ran: bool = True) -> None:
+            done.send_multipart([b"0", b"%d" % seq, b"1" if ran else b"0"])
+            assert wake.poll(1000)
+            w._collect_done(wake)
+
+        w.pending.extend([task(5), task(5), task(7)])  # seq 5 twice: re-sent to this worker
         w._start_ready()
-        assert len(w.pending) == 1
-        assert w._wait_ms() == 1, "no message will wake the loop for this task: poll again"
-        w.in_openvino = Counter({(0, 5): 2})  # a seq re-sent runs twice: both held
+        assert gate.started == [5, 5] and len(w.pending) == 1
+        assert w._wait_ms() == 100, "both requests busy: a completion will wake the loop"
+        finished(8, ran=False)  # a task refused before it ran frees no request
+        assert w._wait_ms() == 100
+        finished(5)  # done, but OpenVINO has not marked its request idle yet
+        w._start_ready()
+        assert gate.started == [5, 5]
+        assert w._wait_ms() == 1, "no message will wake the loop for seq 7: poll again"
+        gate.idle += 1  # OpenVINO's bookkeeping ends
+        w._start_ready()
+        assert gate.started == [5, 5, 7] and not w.pending
         assert w._wait_ms() == 100
