@@ -128,10 +128,11 @@ def x264_options(path: Path) -> str:
 def test_the_h264_preset_reaches_the_encoder(tmp_path: Path, preset: str | None,
                                              expected: tuple[str, ...]) -> None:
     from stream.config.sink import SinkConfig
+    from stream.sink.role import video_output
 
-    # the config's value (and its default) is what the sink hands the output
+    # the output the sink builds from the config (its default included)
     cfg = SinkConfig(output_dir=str(tmp_path), **({"h264_preset": preset} if preset else {}))
-    out = VideoFileOutput(str(tmp_path), preset=cfg.h264_preset)
+    out = video_output(cfg, str(tmp_path))
     write_all(out, [make_frame("cam1", i, numbered(i), i / 25) for i in range(10)])
     options = x264_options(tmp_path / "cam1.mp4").split()
     assert all(e in options for e in expected), options

@@ -41,7 +41,9 @@ from stream.sink.publisher import Publisher
 from stream.sink.report import Progress, ProgressRow, StreamReport, summary_lines
 
 if TYPE_CHECKING:
+    from stream.config.sink import SinkConfig
     from stream.metrics import SinkMetrics
+    from stream.outputs.video_file import VideoFileOutput
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +270,20 @@ class Sink:
         self.out.flush()
 
 
+def video_output(s: SinkConfig, output_dir: str) -> VideoFileOutput:
+    """The video file output the ``sink`` settings ask for, its folder checked first.
+
+    Raises:
+        ConfigError: the folder cannot be written or the codec does not fit the container.
+    """
+    # Imported here: the output modules (and their codecs) load only when video is on.
+    from stream.outputs.video_file import VideoFileOutput, check_video_output
+
+    check_video_output(output_dir, s.video_format, s.codec)
+    return VideoFileOutput(output_dir, s.video_format, s.codec, s.draw,
+                           preset=s.h264_preset, segment_s=s.segment_s)
+
+
 def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False,
              name: str | None = None) -> int:
     """Wire and run the sink (``stream sink``): bind the inbox and the events socket, start
@@ -298,13 +314,9 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
     labels = load_labels(cfg.model.labels)
     outputs: list[tuple[str, Runner]] = []
     if s.output_dir is not None:
-        # Imported here: the output modules (and their codecs) load only when video is on.
         from stream.outputs.runner import OutputRunner
-        from stream.outputs.video_file import VideoFileOutput, check_video_output
 
-        check_video_output(s.output_dir, s.video_format, s.codec)
-        video = VideoFileOutput(s.output_dir, s.video_format, s.codec, s.draw,
-                                preset=s.h264_preset, segment_s=s.segment_s)
+        video = video_output(s, s.output_dir)
         outputs.append((video.name, OutputRunner(video, queue_size=QUEUE_SIZE)))
     if s.rtsp_out is not None:  # RTSP out: a server that is down is retried, never fatal
         from stream.outputs.rtsp_out import RtspOutput
