@@ -57,12 +57,18 @@ EXIT_WAIT_S = 1.0
 short because a stopping capture must be gone within the launcher's 5 s grace."""
 
 DECODE_THREADS = 2
-"""FFmpeg decoder threads for files: FFmpeg's default (one per CPU, plus one) spent ~25% more
-CPU per 720p H.264 frame here (5.5 vs 4.4 ms), CPU the inference needs."""
+"""FFmpeg decoder threads for files. FFmpeg's default (one per CPU, plus one) cost ~25% more
+CPU per 720p frame than two (an earlier measurement of the whole capture: 5.5 against 4.4
+ms). Decoding alone, one thread costs ~2.9 ms of CPU per 720p H.264 frame and two ~3.3 ms,
+but two decode up to twice as fast: a file is read as fast as the workers go, and a light
+model on a big file is bound by decoding (with convnext-tiny, 720p labels/s came out the
+same with one or two)."""
 LIVE_DECODE_THREADS = 1
-"""Decoder threads for cameras: frame threading holds back (threads - 1) frames, 40 ms of
-latency per extra thread at 25 fps that no label timestamp shows, and one thread decodes a
-720p H.264 frame in ~2.9 ms of CPU against ~3.3 ms on two (measured here)."""
+"""Decoder threads for rtsp:// and other network streams: frame threading holds back
+(threads - 1) decoded frames, 40 ms of latency per extra thread at 25 fps that no label
+timestamp shows, and a camera's pace needs no more than one thread (2.9 ms of CPU per 720p
+frame). Local cameras (``/dev/video*``, an index) open through OpenCV's default backend,
+without these parameters."""
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 

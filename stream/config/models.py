@@ -48,6 +48,7 @@ __all__ = [
     "auto_hint",
 ]
 
+
 def auto_hint(live: Sequence[bool]) -> tuple[str, str]:
     """What ``model.hint: auto`` resolves to for sources with these ``is_live`` flags, and why.
 
