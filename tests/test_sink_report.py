@@ -100,3 +100,19 @@ def test_refusals_are_counted_each_time_and_logged_once_per_peer_and_kind(
         refusals("10.0.0.8:4000", "bad_stream_id", "stream '/etc'")
     assert refusals.by_kind == {"bad_stream_id": 51, "malformed": 1}
     assert len(caplog.records) == 3
+
+
+def test_latency_window_keeps_the_most_recent_samples() -> None:
+    import numpy as np
+
+    from stream.sink.stats import LatencyWindow
+
+    w = LatencyWindow(size=5)
+    assert len(w) == 0 and w.percentile(50) is None
+    samples = [float(v) for v in (40, 10, 30, 20, 90, 70, 60, 50)]
+    for i, v in enumerate(samples):
+        w.append(v)
+        kept = samples[max(0, i - 4):i + 1]  # the last five, by an independent slice
+        assert len(w) == len(kept)
+        for q in (0, 50, 99, 100):
+            assert w.percentile(q) == pytest.approx(float(np.percentile(kept, q)))

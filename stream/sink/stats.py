@@ -4,7 +4,7 @@ the summary events and the metrics; written only by :mod:`stream.sink.ordering`)
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +13,32 @@ from stream.protocol import Eos
 
 LATENCY_SAMPLES = 100_000
 """Latency samples kept per stream for the percentiles (the most recent ones)."""
+
+
+class LatencyWindow:
+    """The most recent ``size`` latency samples (ms) of a stream, in one f64 ring.
+
+    8 bytes a sample in an array reserved once, whose pages the kernel maps as they are
+    first written: at most 0.8 MB a stream. A deque of Python floats took ~32 bytes a
+    sample (3.2 MB a stream when full) and showed as a sink RSS creeping up for hours in a
+    soak (+1.7 MB in 30 min with four cameras).
+    """
+
+    def __init__(self, size: int = LATENCY_SAMPLES) -> None:
+        self._buf = np.empty(max(1, size), np.float64)
+        self._added = 0
+
+    def append(self, ms: float) -> None:
+        self._buf[self._added % len(self._buf)] = ms
+        self._added += 1
+
+    def __len__(self) -> int:
+        return min(self._added, len(self._buf))
+
+    def percentile(self, q: float) -> float | None:
+        """The q-th percentile of the samples kept; None before the first."""
+        n = len(self)
+        return None if n == 0 else float(np.percentile(self._buf[:n], q))
 
 
 @dataclass
@@ -41,7 +67,7 @@ class StreamStats:
     late_frames: int = 0  # frames that came after their seq was released
     sessions: list[Session] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)  # capture's last status counters
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    latencies_ms: LatencyWindow = field(default_factory=LatencyWindow)
     first_t: float | None = None
     last_t: float | None = None
 
@@ -67,6 +93,4 @@ class StreamStats:
 
     def latency(self, q: float) -> float | None:
         """The q-th percentile of capture → publish latency (ms); None before any label."""
-        if not self.latencies_ms:
-            return None
-        return float(np.percentile(np.fromiter(self.latencies_ms, float), q))
+        return self.latencies_ms.percentile(q)
