@@ -10,15 +10,14 @@ tasks. It grants a freed slot to one ready capture at a time, fairly (the worker
 :class:`~stream.grants.GrantScheduler`, the capture half :mod:`stream.dispatch`).
 
 Completions arrive on OpenVINO's threads; the callback turns logits into a true softmax and
-top-k and hands a ``result`` to one sender thread, the only user of the results socket
-(ZeroMQ sockets are not thread-safe).
+top-k and hands a ``result`` to :class:`~stream.worker_results.ResultSender`, the one
+thread that uses the results socket (ZeroMQ sockets are not thread-safe).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
@@ -30,7 +29,6 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from stream import transport
 from stream.config import StreamConfig, connect_endpoint
 from stream.dispatch import decode_as, worker_socket
 from stream.grants import GrantScheduler
@@ -39,6 +37,7 @@ from stream.model.runtime import top_ids
 from stream.protocol import Drop, Ready, Result, Task
 from stream.runtime import CpuMeter, Rejections
 from stream.transport import Socket, Sockets
+from stream.worker_results import ResultSender
 
 log = logging.getLogger(__name__)
 
@@ -134,18 +133,13 @@ class Worker:
         self.slots = len(infer_queue)
         """Requests in the infer queue (``capacity`` when the worker builds it)."""
         self.queue.set_callback(self._done)
-        # (capture index, seq, message to the sink or None, whether it ran in OpenVINO):
-        # the sender thread's work.
-        self.outbox: queue.SimpleQueue[tuple[int, int, Result | Drop | None, bool] | None] = (
-            queue.SimpleQueue())
-        self._closing = threading.Event()
-        self._give_up_at: float | None = None
         self.pending: deque[tuple[int, Task, Any]] = deque()
         self.in_openvino = 0
         """Tasks handed to OpenVINO (running or queued there) and not finished."""
         self.counters: Counter[str] = Counter()
         self._rejections = Rejections(log)
         self._lock = threading.Lock()
+        self.sender = ResultSender(results, self.counters, self._lock)
         self.infer_ms_total = 0.0
         self.cpu = CpuMeter()  # process cpu per finished task, from the first one on
         self._wake_addr = f"inproc://worker-wake-{id(self)}"
@@ -160,49 +154,17 @@ class Worker:
             with self._lock:
                 self.infer_ms_total += infer_ms
             buf = probs.tobytes() if self.s.send_probs else None
-            self.outbox.put((src, task.seq, Result(task.stream, task.seq, task.ts, self.s.name,
-                                                   tuple(ids), tuple(scores), infer_ms, buf),
-                             True))
+            self.sender.put(src, task.seq, Result(task.stream, task.seq, task.ts, self.s.name,
+                                                  tuple(ids), tuple(scores), infer_ms, buf),
+                            ran=True)
         except Exception:  # never let a callback error kill the OpenVINO thread silently
             log.exception("inference callback failed for %s #%d", task.stream, task.seq)
             with self._lock:
                 self.counters["callback_errors"] += 1
             # Still "done" for the capture (or it would wait for this seq for ever), and a
             # named drop for the sink.
-            self.outbox.put((src, task.seq, Drop(task.stream, task.seq, task.pts, task.ts,
-                                                 "inference_error"), True))
-
-    def _sender(self, wake: Socket) -> None:
-        """The results thread: the only user of ``results`` and of ``wake`` (PUSH)."""
-        while True:
-            item = self.outbox.get()
-            if item is None:
-                return
-            src, seq, msg, ran = item
-            if msg is not None:
-                self._deliver(msg)
-            wake.send_multipart([b"%d" % src, b"%d" % seq, b"1" if ran else b"0"])
-
-    def _deliver(self, msg: Result | Drop) -> None:
-        """Send to the sink; while the sink is away, wait (credits stop flowing, so the
-        captures feel the back-pressure) but give up once the worker is closing."""
-        while True:
-            try:
-                transport.send(self.results, msg, zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                pass
-            except zmq.ZMQError as exc:
-                log.error("cannot send %s #%d to the sink: %s", msg.stream, msg.seq, exc)
-                return
-            if self._closing.is_set():
-                # One 2 s grace for everything still queued, not 2 s per message.
-                self._give_up_at = self._give_up_at or time.monotonic() + 2.0
-                if time.monotonic() > self._give_up_at:
-                    with self._lock:
-                        self.counters["undelivered"] += 1
-                    return
-            self.results.poll(100, zmq.POLLOUT)
+            self.sender.put(src, task.seq, Drop(task.stream, task.seq, task.pts, task.ts,
+                                                "inference_error"), ran=True)
 
     def _take_tasks(self, i: int) -> None:
         sock = self.captures[i]
@@ -227,8 +189,8 @@ class Worker:
                              "same model?")
                 # Done for the capture, a named drop for the sink (via the sender thread,
                 # the only user of the results socket).
-                self.outbox.put((i, msg.seq, Drop(msg.stream, msg.seq, msg.pts, msg.ts,
-                                                  "bad_input"), False))
+                self.sender.put(i, msg.seq, Drop(msg.stream, msg.seq, msg.pts, msg.ts,
+                                                 "bad_input"), ran=False)
                 continue
             self.pending.append((i, msg, parts))
             self.counters["received"] += 1
@@ -252,9 +214,7 @@ class Worker:
         self.sockets.bind(wake, self._wake_addr, "worker wake-up")
         wake_tx = self.sockets.socket(zmq.PUSH, linger_ms=0)
         self.sockets.connect(wake_tx, self._wake_addr, "worker wake-up")
-        sender = threading.Thread(target=self._sender, args=(wake_tx,), name="results",
-                                  daemon=True)
-        sender.start()
+        self.sender.start(wake_tx)
         poller = zmq.Poller()
         poller.register(wake, zmq.POLLIN)
         for sock in self.captures:
@@ -280,7 +240,7 @@ class Worker:
                     last_report = now
                     log.info("worker %s: %s", self.s.name, dict(self.counters))
         finally:
-            self._shutdown(wake, sender)
+            self._shutdown(wake)
         return 0
 
     def _wait_ms(self) -> int:
@@ -302,12 +262,10 @@ class Worker:
             self.counters["done"] += 1
             self.cpu.first(self.counters["done"])
 
-    def _shutdown(self, wake: Socket, sender: threading.Thread) -> None:
+    def _shutdown(self, wake: Socket) -> None:
         """Finish running requests, hand back queued tasks (bye), flush results."""
         self.queue.wait_all()
-        self._closing.set()
-        self.outbox.put(None)
-        sender.join()  # bounded: what cannot be delivered is given up after 2 s
+        self.sender.close()  # bounded: what cannot be delivered is given up after 2 s
         self._collect_done(wake)
         # Tasks that never started are not "done": the bye tells captures to re-send them.
         self.pending.clear()
