@@ -187,6 +187,24 @@ def runs_of_classes(n: int, seed: int, lo: int = 3, hi: int = 7) -> list[int]:
 # --------------------------------------------------------------------------- configs
 
 
+def inproc_capture_links(sockets: Any, sink_rcvhwm: int | None = None) -> tuple[Any, Any]:
+    """A capture's three sockets on inproc (``inproc://tasks``, ``inproc://sink``) and the
+    sink's PULL end, made by ``sockets``: ``(CaptureLinks, sink)``. The video link's SNDHWM
+    is 2, so a sink that does not read fills it after a few frames."""
+    from stream.capture.links import CaptureLinks, sink_links
+    from stream.dispatch import task_socket
+
+    tasks = task_socket(sockets)
+    tasks.bind("inproc://tasks")
+    extra = {} if sink_rcvhwm is None else {"rcvhwm": sink_rcvhwm}
+    sink = sockets.socket(zmq.PULL, linger_ms=0, **extra)
+    sink.bind("inproc://sink")
+    control, video = sink_links(sockets, video_hwm=2)
+    control.connect("inproc://sink")
+    video.connect("inproc://sink")
+    return CaptureLinks(tasks, control, video), sink
+
+
 def write_config(
     path: Path,
     *,

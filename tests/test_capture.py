@@ -17,12 +17,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import zmq
+from conftest import inproc_capture_links
 from fake_worker import ScriptedWorker
 
 from stream.capture import Capture, CaptureSettings, LagMeter
-from stream.capture.links import CaptureLinks, sink_links
-from stream.dispatch import task_socket, worker_socket
+from stream.capture.links import CaptureLinks
+from stream.dispatch import worker_socket
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Status, decode
 from stream.sources import SourceInfo
 from stream.transport import Socket, Sockets
@@ -77,17 +77,11 @@ class Wires:
 @pytest.fixture
 def wires() -> Iterator[Wires]:
     with Sockets() as sockets:
-        tasks = task_socket(sockets)
-        tasks.bind("inproc://tasks")
         # RCVHWM 1: on inproc a link holds SNDHWM + RCVHWM messages, so the video link
         # (SNDHWM 2) is full after 3 frames while nobody reads.
-        sink = sockets.socket(zmq.PULL, rcvhwm=1, linger_ms=0)
-        sink.bind("inproc://sink")
-        control, video = sink_links(sockets, video_hwm=2)
-        control.connect("inproc://sink")
-        video.connect("inproc://sink")
+        links, sink = inproc_capture_links(sockets, sink_rcvhwm=1)
         try:
-            yield Wires(sockets, CaptureLinks(tasks, control, video), sink)
+            yield Wires(sockets, links, sink)
         finally:
             sockets.close(linger_ms=0)
 

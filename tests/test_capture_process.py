@@ -84,11 +84,9 @@ def test_an_endpoint_error_ends_the_capture_process(tmp_path: Path,
 # source (as FFmpeg would be) when the process exits. CASE picks how the capture ends.
 BLOCKED_AT_EXIT = """
     import sys, threading
-    import numpy as np
-    import zmq
+    sys.path.insert(0, "tests")  # run from the repository root: the tests' helpers
+    from conftest import inproc_capture_links
     from stream.capture import Capture, CaptureSettings
-    from stream.capture.links import CaptureLinks, sink_links
-    from stream.dispatch import task_socket
     from stream.sources import SourceInfo
     from stream.transport import Sockets
 
@@ -124,15 +122,8 @@ BLOCKED_AT_EXIT = """
     settings = CaptureSettings(stream="s", url="x", kind=kind, policy="drop",
                                loop=CASE == "source_error")
     with Sockets() as sockets:
-        tasks = task_socket(sockets)
-        tasks.bind("inproc://tasks")
-        sink = sockets.socket(zmq.PULL, linger_ms=0)
-        sink.bind("inproc://sink")
-        control, video = sink_links(sockets, 2)
-        control.connect("inproc://sink")
-        video.connect("inproc://sink")
-        code = Capture(settings, Source(), CaptureLinks(tasks, control, video),
-                       threading.Event()).run()
+        links, sink = inproc_capture_links(sockets)
+        code = Capture(settings, Source(), links, threading.Event()).run()
         sockets.close(linger_ms=0)
     print("capture returned", code, flush=True)
     sys.exit(code)

@@ -13,15 +13,12 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-import zmq
-from conftest import find_free_port_base
+from conftest import find_free_port_base, inproc_capture_links
 from rtsp_fixtures import RtspServer, gi_missing_reason
 
 from stream.capture import Capture, CaptureSettings
-from stream.capture.links import CaptureLinks, sink_links
 from stream.capture.rtsp_probe import diagnose
 from stream.capture.session import CONFIG_RETRY_S
-from stream.dispatch import task_socket
 from stream.protocol import Eos, Frame, Message, Status, decode
 from stream.sources import OpenCVSource
 from stream.transport import Sockets
@@ -81,15 +78,8 @@ def capture_until(source_url: str, enough: Callable[[list[Message]], bool]) -> l
     settings = CaptureSettings(stream="cam", url=source_url, kind="rtsp", policy="drop")
     msgs: list[Message] = []
     with Sockets() as sockets:
-        tasks = task_socket(sockets)
-        tasks.bind("inproc://tasks")
-        sink = sockets.socket(zmq.PULL, linger_ms=0)
-        sink.bind("inproc://sink")
-        control, video = sink_links(sockets, 2)
-        control.connect("inproc://sink")
-        video.connect("inproc://sink")
-        cap = Capture(settings, OpenCVSource(source_url, "rtsp"),
-                      CaptureLinks(tasks, control, video), stop)
+        links, sink = inproc_capture_links(sockets)
+        cap = Capture(settings, OpenCVSource(source_url, "rtsp"), links, stop)
         thread = threading.Thread(target=cap.run)
         thread.start()
         deadline = time.monotonic() + 40
