@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
@@ -45,7 +45,25 @@ SMALL_MESSAGE_BYTES = 1 << 20
 Socket = zmq.Socket[bytes]
 
 
-class Sockets:
+class Closing:
+    """``with`` support: leaving the block calls ``close()`` (Sockets, the events client)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Sockets(Closing):
     """A ZMQ context plus every socket made from it; use as a context manager.
 
     Args:
@@ -74,17 +92,6 @@ class Sockets:
         sockets bound elsewhere than :meth:`bind`, like the events publisher)."""
         if self.curve is not None and uses_curve(endpoint):
             self.curve.serve(sock, self.ctx, endpoint)
-
-    def __enter__(self) -> Sockets:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def socket(
         self,

@@ -10,8 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import zmq
 
@@ -26,32 +25,15 @@ from stream.events.schema import (
     encode_event,
 )
 from stream.security import Curve, uses_curve
-from stream.transport import Sockets
+from stream.transport import Closing, Sockets
 
 log = logging.getLogger(__name__)
-
-class _Closing:
-    """``with`` support for the classes below: leaving the block calls ``close()``."""
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------- publisher
 
 
-class EventPublisher(_Closing):
+class EventPublisher(Closing):
     """Publishes events on a ZMQ PUB socket without ever blocking the caller.
 
     Not thread-safe (ZMQ sockets are not): publish from the thread that owns it.
@@ -143,7 +125,7 @@ class EventPublisher(_Closing):
 # --------------------------------------------------------------------------- subscriber
 
 
-class Subscriber(_Closing):
+class Subscriber(Closing):
     """A SUB socket that yields validated events of chosen streams and types.
 
     Use as a context manager, or call :meth:`close`. :func:`subscribe` wraps it in a
