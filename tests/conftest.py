@@ -187,6 +187,14 @@ def runs_of_classes(n: int, seed: int, lo: int = 3, hi: int = 7) -> list[int]:
 # --------------------------------------------------------------------------- configs
 
 
+def reap(proc: subprocess.Popen[str]) -> None:
+    """Kill ``proc`` if a test left it running (a failed assert, a timeout) and collect its
+    pipes, so no process outlives its test."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
 def inproc_capture_links(sockets: Any, sink_rcvhwm: int | None = None) -> tuple[Any, Any]:
     """A capture's three sockets on inproc (``inproc://tasks``, ``inproc://sink``) and the
     sink's PULL end, made by ``sockets``: ``(CaptureLinks, sink)``. The video link's SNDHWM

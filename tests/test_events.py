@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from conftest import reap
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -507,8 +508,6 @@ def test_cli_ctrl_c_exits_zero(pub: ev.EventPublisher) -> None:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        reap(proc)
     assert proc.returncode == 0
     assert "Traceback" not in err

@@ -31,6 +31,7 @@ from conftest import (
     assert_in_order,
     captured_by_capture,
     make_clip,
+    reap,
     requires_ffmpeg,
     runs_of_classes,
     summary_row,
@@ -85,9 +86,7 @@ def run_and_kill(cfg: Path, log: EventLog, labels_first: int, role: str,
         os.kill(victim, signal.SIGKILL)
         out, err = run.communicate(timeout=timeout)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+        reap(run)
     return run.returncode, out, err
 
 
@@ -210,9 +209,7 @@ def test_sink_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tuple
     finally:
         push.close()
         ctx.term()
-        if sink.poll() is None:
-            sink.kill()
-            sink.communicate()
+        reap(sink)
     assert sink.returncode == 0, err
     assert "Traceback" not in err
     m = re.search(r"rejected malformed messages: (\d+)", out)
@@ -277,9 +274,7 @@ def test_worker_survives_10000_fuzzed_messages(tmp_path: Path, oracle_model: tup
         router.close()
         inbox.close()
         ctx.term()
-        if worker.poll() is None:
-            worker.kill()
-            worker.communicate()
+        reap(worker)
     assert worker.returncode == 0, err
     assert "Traceback" not in err
     assert "rejected message" in err
@@ -306,9 +301,7 @@ def test_sigint_drains_and_closes_a_playable_video(tmp_path: Path,
         run.send_signal(signal.SIGINT)
         out, err = run.communicate(timeout=60)
     finally:
-        if run.poll() is None:
-            run.kill()
-            run.communicate()
+        reap(run)
     assert run.returncode == 0, err
     captured = captured_by_capture(err, "cam")
     assert captured is not None, f"no `cam: N frames captured` line from the capture:\n{err}"
@@ -441,9 +434,7 @@ def test_sink_restart_resumes_the_flow(tmp_path: Path, oracle_model: tuple[Path,
             assert procs[name].returncode == 0, name
     finally:
         for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+            reap(p)
 
 
 def test_corrupt_video_is_decoded_as_far_as_it_goes(tmp_path: Path,
