@@ -285,7 +285,8 @@ def test_sigint_drains_and_closes_a_playable_video(tmp_path: Path,
                                                    free_port_base: Callable[[int], int],
                                                    event_log: Callable[[str], EventLog]) -> None:
     """SIGINT mid-file: exit 0, the capture's eos carries its own count into the summary,
-    every frame it captured is accounted, and the video holds exactly those frames."""
+    every frame it captured is accounted, and the video holds every frame the sink wrote
+    (a live source may send some as stamps only: video_busy)."""
     classes = runs_of_classes(300, seed=3)
     clip = make_clip(tmp_path / "clip.mp4", classes, fps=25.0)
     base = free_port_base(3)
@@ -310,14 +311,13 @@ def test_sigint_drains_and_closes_a_playable_video(tmp_path: Path,
     assert row.captured == captured, "the summary must take the capture's own count (eos)"
     assert row.labelled + row.dropped == captured
     log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
-    seqs = log.seqs("cam")
-    assert_in_order(seqs)  # (classes unchecked: a damaged frame may decode to any colour)
-    assert len(seqs) == row.labelled and (not seqs or seqs[-1] < captured)
-    log.wait_for(lambda: log.of("summary", "cam"), 10, "the summary event")
     seqs = assert_labels_right(log, "cam", classes)
     assert len(seqs) == row.labelled and (not seqs or seqs[-1] < captured)
-    assert row.written == captured
-    assert video_frames(tmp_path / "out" / "cam.mp4") == captured
+    # A realtime source is live: a full frame the video link cannot take at once goes to the
+    # sink as a stamp only (counted as video_busy), so those frames are not in the video.
+    busy = sum(int(n) for n in re.findall(r"\bvideo_busy=(\d+)", out))
+    assert row.written + busy == captured
+    assert video_frames(tmp_path / "out" / "cam.mp4") == row.written
 
 
 def test_a_subscriber_that_never_reads_does_not_stall_the_pipeline(
