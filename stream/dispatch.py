@@ -7,9 +7,11 @@ requests busy, whatever the number of captures, and shares them fairly. The conv
 (wire format in :mod:`stream.protocol`):
 
 * a capture with a frame ready says so to every worker it knows (``ready``: how many
-  frames, live or not), again every :data:`HEARTBEAT_S` while it has one;
-* a worker with a free slot grants ONE slot to one of the ready captures, the one it served
-  least recently (``credit`` with ``grant`` 1);
+  frames, live or not; a live one also with each new frame, and how old it is), again
+  every :data:`HEARTBEAT_S` while it has one;
+* a worker with a free slot grants ONE slot to one of the ready captures, in rounds: each
+  ready capture once per round, the freshest live frame first within a round (``credit``
+  with ``grant`` 1);
 * the capture answers each grant at once with a ``task`` made from its newest frame (live)
   or its oldest unsent one (lossless), or hands the grant back (``ready`` with
   ``declined``) when it has none, and the worker grants elsewhere.
@@ -98,6 +100,10 @@ class Supply(Protocol):
     def ready(self) -> int:
         """Frames that could be sent right now."""
 
+    def freshness(self) -> tuple[int, float] | None:
+        """Live: (a number that changes with each new frame, seconds it has waited) of the
+        frame a grant would take; None when none waits or ages are not tracked (lossless)."""
+
     def take(self) -> Task | None:
         """The frame to answer a grant with (newest for live, oldest for lossless), as a
         task; None when there is none."""
@@ -114,6 +120,9 @@ class NoFrames:
 
     def ready(self) -> int:
         return 0
+
+    def freshness(self) -> tuple[int, float] | None:
+        return None
 
     def take(self) -> Task | None:
         return None
@@ -132,6 +141,7 @@ class _WorkerState:
     last_seen: float = 0.0
     inflight: dict[int, Task] = field(default_factory=dict)
     believed: int = 0  # ready frames this worker was told of, less the grants it used
+    told: int | None = None  # the live frame (freshness number) it was last told of
 
 
 class Dispatcher:
@@ -186,7 +196,8 @@ class Dispatcher:
 
     def announce(self, force: bool = False) -> None:
         """Tell each worker how many frames are ready when it believes fewer (a new frame,
-        or one that came while its grant was being answered), and everyone on the
+        or one that came while its grant was being answered), of each new live frame (its
+        age lets the worker grant the freshest camera first), and everyone on the
         heartbeat (repairs a note lost to a reconnect)."""
         n = self.supply.ready()
         if not n:
@@ -195,14 +206,19 @@ class Dispatcher:
         due = force or now - self._announced_at >= HEARTBEAT_S
         if due:
             self._announced_at = now
+        fresh = self.supply.freshness()
+        newest = None if fresh is None else fresh[0]
         for ident, w in list(self.workers.items()):
-            if due or w.believed < n:
+            if due or w.believed < n or w.told != newest:
                 self._tell(ident, w)
 
     def _tell(self, ident: bytes, w: _WorkerState, declined: int = 0) -> None:
         n = self.supply.ready()
-        if self._send(ident, Ready(self.supply.stream, n, self.supply.live, declined)):
+        fresh = self.supply.freshness()
+        age_ms = None if fresh is None else round(fresh[1] * 1000.0, 3)
+        if self._send(ident, Ready(self.supply.stream, n, self.supply.live, declined, age_ms)):
             w.believed = n
+            w.told = None if fresh is None else fresh[0]
 
     def _on_message(self, ident: bytes, frames: list[memoryview]) -> None:
         msg = decode_as(Credit, frames, self._reject, "frames socket (from a worker)")

@@ -3,13 +3,20 @@
 A worker has ``requests`` infer requests and may hold ``requests + prefetch`` tasks in all,
 whatever the number of captures it serves (the capture half, and the conversation, are in
 :mod:`stream.dispatch`). :class:`GrantScheduler` keeps, per capture: how many frames it
-said it has ready (``ready``), whether it is live, the grants it has not answered yet, and
-when it last sent a task. Whenever a slot is free it grants ONE slot to the ready
-capture served least recently (round robin among those waiting), so streams share the
-worker evenly whatever their number. A LIVE capture is granted only when an infer request
-is free (held + granted < requests): its frame is picked at that moment, the newest, and
-never waits in the worker behind another. A lossless capture (files) may also fill the
-prefetch slots, so the requests never idle between two frames of a file.
+said it has ready (``ready``), whether it is live, when its newest frame was made, the
+grants it has not answered yet, and when it last sent a task. Whenever a slot is free it
+grants ONE slot, in rounds: every ready capture once per round, so streams share the worker
+evenly whatever their number. Within a round the capture with the freshest live frame goes
+first (then the one served least recently): with several cameras, a request that frees
+takes the frame that has waited least, not the next camera in a fixed order. A LIVE
+capture is granted only when an infer request is free (held + granted < requests): its
+frame is picked at that moment, the newest, and never waits in the worker behind another.
+A lossless capture (files) may also fill the prefetch slots, so the requests never idle
+between two frames of a file.
+
+How fresh a frame is comes from the capture's ``age_ms`` (on its own clock) and the time
+the note arrived here: no clocks are compared across machines. A capture that does not
+send it (an older build) is ordered by when it was served last, as before.
 
 A grant unanswered for :data:`GRANT_TIMEOUT_S` (the capture went away) is forgotten, so
 its slot comes back. A task that arrives without a grant (a late answer, a confused peer) is
@@ -56,6 +63,8 @@ class GrantScheduler:
         self.ungranted = 0
         self._ready = [0] * n
         self._live = [False] * n
+        self._newest: list[float | None] = [None] * n  # when its newest frame was made
+        self._round: set[int] = set()  # captures served in the current round
         # per capture: (time, its previous last-served time) of each unanswered grant
         self._grants: list[deque[tuple[float, float]]] = [deque() for _ in range(n)]
         self._last_served = [float("-inf")] * n
@@ -71,9 +80,12 @@ class GrantScheduler:
         """Capture ``i`` says how many frames it has ready (and hands back grants)."""
         self._ready[i] = msg.frames
         self._live[i] = msg.live
+        self._newest[i] = (None if msg.age_ms is None or not msg.live
+                           else self.clock() - msg.age_ms / 1000.0)
         for _ in range(min(msg.declined, len(self._grants[i]))):
             # a grant handed back was no service: the capture keeps its turn
             self._last_served[i] = self._grants[i].popleft()[1]
+            self._round.discard(i)
 
     def received(self, i: int) -> None:
         """A task from capture ``i`` arrived (it now holds a slot until :meth:`done`)."""
@@ -108,22 +120,39 @@ class GrantScheduler:
                 continue
             self._grants[i].append((now, self._last_served[i]))
             self._last_served[i] = now
+            self._round.add(i)
             self._ready[i] -= 1
 
     def _pick(self) -> int | None:
-        """The ready capture served least recently that may take a slot now, if any.
+        """The ready capture to grant a slot now, if any may take one.
 
-        "Served" is when it was last granted a slot it used: a grant it had to give back
-        (its frame was taken by another worker) does not cost it its turn.
+        Rounds: once every ready capture has been served, a new round starts. Among the
+        ones that may take a slot now and are not served yet this round, the freshest live
+        frame wins, then the capture served least recently. (When all of those were served
+        but a ready one may not take this slot, a live capture while only prefetch slots
+        are free, the round goes on with the one served least recently: a file keeps its
+        requests busy.) "Served" is a grant it used: one handed back (its frame was taken
+        by another worker) does not cost it its turn.
         """
+        ready = [i for i, n in enumerate(self._ready) if n > 0]
+        if not ready:
+            return None
+        if self._round.issuperset(ready):
+            self._round.clear()
         used = self.held + self.granted
-        best: int | None = None
-        for i, ready in enumerate(self._ready):
-            limit = self.requests if self._live[i] else self.capacity
-            if ready > 0 and used < limit and (
-                    best is None or self._last_served[i] < self._last_served[best]):
-                best = i
-        return best
+        may = [i for i in ready if used < (self.requests if self._live[i] else self.capacity)]
+        if not may:
+            return None
+        due = [i for i in may if i not in self._round]
+        if not due:
+            return min(may, key=lambda i: self._last_served[i])
+        return min(due, key=self._order)
+
+    def _order(self, i: int) -> tuple[int, float]:
+        """Sort key within a round: fresh live frames first (newest made first), then the
+        rest by when they were served last."""
+        made = self._newest[i]
+        return (1, self._last_served[i]) if made is None else (0, -made)
 
     def bye(self) -> None:
         """A clean exit: ``bye``; what was not reported done is re-sent by the captures."""

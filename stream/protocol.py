@@ -32,7 +32,7 @@ The scheduling conversation (both halves in :mod:`stream.dispatch` and
 :mod:`stream.grants`)::
 
     worker  ── credit{grant 0, capacity C}  ──►  capture     heartbeat, every 0.5 s
-    capture ── ready{frames n, live}        ──►  worker      a frame is ready (to every worker)
+    capture ── ready{frames n, live, age}   ──►  worker      a frame is ready (to every worker)
     worker  ── credit{grant 1, done [...]}  ──►  capture     a request freed up: one slot
     capture ── task (newest frame)          ──►  worker      or ready{frames 0, declined 1}
 
@@ -60,6 +60,9 @@ VERSIONS: dict[str, int] = {"credit": 2, "ready": 2}
 """Message types whose wire format changed since v1, with the version this build speaks."""
 
 Buffer = bytes | bytearray | memoryview
+
+MAX_AGE_MS = 86_400_000.0
+"""Largest ``age_ms`` a ``ready`` may carry (a day): anything above is a broken peer."""
 
 
 @dataclass(frozen=True)
@@ -174,16 +177,20 @@ class Credit:
 class Ready:
     """Capture → worker (v2): ``frames`` ready to send now; ``declined`` grants handed back.
 
-    Sent to every worker when a frame becomes ready, again every heartbeat while one is,
-    and in answer to a grant the capture cannot use (no frame left: ``frames`` 0,
-    ``declined`` 1). ``live`` captures are granted only when an infer request is free (their
-    frame is chosen at that moment: the newest); lossless ones may be prefetched.
+    Sent to every worker when a frame becomes ready (for a live capture: each new newest
+    frame), again every heartbeat while one is, and in answer to a grant the capture cannot
+    use (no frame left: ``frames`` 0, ``declined`` 1). ``live`` captures are granted only
+    when an infer request is free (their frame is chosen at that moment: the newest);
+    lossless ones may be prefetched. ``age_ms`` (live, optional) is how old the newest
+    frame was when this was sent, on the capture's own clock: a worker grants the freshest
+    first within each round of its captures, without comparing clocks across machines.
     """
 
     stream: str
     frames: int
     live: bool
     declined: int = 0
+    age_ms: float | None = None  # optional: older v2 peers neither send nor expect it
 
 
 Message = Hello | Task | Frame | Drop | Result | Eos | Status | Credit | Ready
@@ -244,6 +251,8 @@ def encode(msg: Message) -> list[Buffer]:
             head["model"] = msg.model
     elif isinstance(msg, Ready):
         head.update(stream=msg.stream, frames=msg.frames, live=msg.live, declined=msg.declined)
+        if msg.age_ms is not None:
+            head["age_ms"] = float(msg.age_ms)
     header: bytes = msgpack.packb(head, use_bin_type=True)
     return [header] if buf is None else [header, buf]
 
@@ -312,8 +321,11 @@ def decode(frames: Sequence[Buffer]) -> Message:
                       tuple(r.int_list("done")), r.bool_("bye"), r.int_("grant", 0, 1 << 20),
                       model)
     if t == "ready":
+        age = r.opt_float("age_ms") if "age_ms" in r.head else None
+        if age is not None and not 0.0 <= age <= MAX_AGE_MS:
+            raise ProtocolError(f"ready: field 'age_ms' must be in 0..{MAX_AGE_MS:.0f}")
         return Ready(r.stream(), r.int_("frames", 0, 1 << 20), r.bool_("live"),
-                     r.int_("declined", 0, 1 << 20))
+                     r.int_("declined", 0, 1 << 20), age)
     raise ProtocolError(f"unknown message type {t!r}")
 
 

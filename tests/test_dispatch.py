@@ -98,6 +98,27 @@ def test_live_supply_sends_the_newest_frame_and_returns_the_superseded_ones(
     assert [t.seq for t in link.w.tasks] == [9]
 
 
+def test_a_live_capture_tells_each_new_frame_with_its_age(sockets: Sockets) -> None:
+    """Each new live frame is announced (the worker orders cameras by freshness), with its
+    age on the capture's own clock; the same frame is not announced twice off the heartbeat."""
+    clock = Clock()
+    latest = LatestFrame("cam1", lambda p: task(p.seq), clock=clock)
+    link = Link(sockets, latest)
+    link.join()
+    frame = Captured(bytes(1), 0.0)  # type: ignore[arg-type]
+    latest.offer(Pending(0, 0.0, frame))
+    clock.t += 0.025
+    link.until(lambda: link.w.ready, "the first frame was not announced")
+    assert link.w.ready == [Ready("cam1", 1, True, age_ms=25.0)]
+    for _ in range(5):  # the same frame, no heartbeat due: nothing new to say
+        link.d.poll(10)
+    assert not link.w.recv(100) and len(link.w.ready) == 1
+    latest.offer(Pending(1, 0.0, frame))
+    clock.t += 0.004
+    link.until(lambda: len(link.w.ready) == 2, "the newer frame was not announced")
+    assert link.w.ready[1] == Ready("cam1", 1, True, age_ms=4.0)
+
+
 def test_silent_worker_is_lost_and_its_frames_are_sent_again(sockets: Sockets) -> None:
     q = FrameQueue("cam1", size=4)
     link = Link(sockets, q)
@@ -240,6 +261,57 @@ def test_live_captures_are_granted_only_when_a_request_is_free(sockets: Sockets)
     caps.g.on_ready(1, Ready("file", 3, live=False))
     caps.g.flush()
     assert caps.grants() == [0, 1], "the prefetch slot is for lossless frames only"
+
+
+def test_each_round_serves_every_camera_once_freshest_first(sockets: Sockets) -> None:
+    """Three live cameras, one request: 60 grants in rounds of three, each camera once per
+    round, and within a round the one whose frame is newest (by the ages the captures sent,
+    at the time each note came) goes first. The oracle below keeps its own round and ages."""
+    import random
+
+    rng = random.Random(7)
+    caps = Captures(sockets, 3, requests=1, prefetch=0)
+    served_in_round: set[int] = set()
+    counts = [0, 0, 0]
+    for _ in range(60):
+        made = {}
+        for i in range(3):
+            age_ms = rng.uniform(0.0, 40.0)
+            caps.g.on_ready(i, Ready(f"c{i}", 1, True, age_ms=age_ms))
+            made[i] = caps.clock.t - age_ms / 1000
+            caps.clock.t += 0.001  # the notes come one after another
+        if served_in_round == {0, 1, 2}:
+            served_in_round.clear()
+        expected = max((i for i in range(3) if i not in served_in_round), key=made.__getitem__)
+        caps.g.flush()
+        got = caps.grants()
+        assert got == [int(i == expected) for i in range(3)], (got, made, served_in_round)
+        served_in_round.add(expected)
+        counts[expected] += 1
+        caps.g.received(expected)
+        caps.g.done(expected, counts[expected])
+        caps.clock.t += 0.03
+    assert counts == [20, 20, 20]
+
+
+def test_captures_that_send_no_age_are_served_round_robin(sockets: Sockets) -> None:
+    """An older capture build sends no ``age_ms``: plain round robin, least recently served
+    first, as before freshness existed; a file (not live) is never ordered by age."""
+    caps = Captures(sockets, 3, requests=1, prefetch=0)
+    order = []
+    for _ in range(9):
+        caps.g.on_ready(0, Ready("old", 1, True))
+        caps.g.on_ready(1, Ready("file", 3, False, age_ms=0.0))
+        caps.g.on_ready(2, Ready("old2", 1, True))
+        caps.g.flush()
+        got = caps.grants()
+        assert sum(got) == 1, got
+        i = got.index(1)
+        order.append(i)
+        caps.g.received(i)
+        caps.g.done(i, len(order))
+        caps.clock.t += 0.03
+    assert sorted(order[:3]) == [0, 1, 2] and order[3:] == order[:3] * 2, order
 
 
 def test_an_unanswered_grant_expires_and_a_declined_one_comes_back(sockets: Sockets) -> None:

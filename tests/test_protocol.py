@@ -76,6 +76,8 @@ messages = st.one_of(
     st.builds(p.Eos, stream_ids, u63, text, text),
     st.builds(p.Status, stream_ids, text, num, text,
               st.dictionaries(text, st.integers(-(1 << 63), (1 << 64) - 1), max_size=5)),
+    st.builds(p.Ready, stream_ids, st.integers(0, 1 << 20), st.booleans(),
+              st.integers(0, 1 << 20), st.none() | st.floats(0.0, p.MAX_AGE_MS)),
 )
 
 # Any value msgpack can carry, for "wrong type" and fuzz inputs.
@@ -116,7 +118,8 @@ def _decode_or_protocol_error(frames: list[Any]) -> None:
     """The fuzz contract: a message or ProtocolError, never another exception."""
     with contextlib.suppress(ProtocolError):
         msg = p.decode(frames)
-        assert isinstance(msg, (p.Hello, p.Task, p.Frame, p.Drop, p.Result, p.Eos, p.Status))
+        assert isinstance(msg, (p.Hello, p.Task, p.Frame, p.Drop, p.Result, p.Eos, p.Status,
+                                p.Credit, p.Ready))
 
 
 # --------------------------------------------------------------------------- round trips
@@ -252,6 +255,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "eos": {"stream": "stream", "frames": "int", "reason": "str", "message": "str"},
     "status": {"stream": "stream", "state": "str", "ts": "num", "message": "str",
                "counters": "counters"},
+    "ready": {"stream": "stream", "frames": "int", "live": "bool", "declined": "int"},
 }
 field_values = st.one_of(
     msgpack_values,
@@ -340,3 +344,16 @@ def test_nan_is_refused() -> None:
 def test_nan_score_is_refused() -> None:
     head = _header(p.Result("cam1", 0, 1.0, "w", (1,), (0.5,), 1.0))
     _rejects([_pack({**head, "scores": [math.nan]})])
+
+
+def test_ready_age_is_optional_and_bounded() -> None:
+    """``age_ms`` (how old a live capture's newest frame is) is optional on the wire, as
+    older v2 captures do not send it, and a negative, non-finite or absurd one is refused."""
+    plain = p.Ready("cam1", 1, True)
+    assert "age_ms" not in msgpack.unpackb(p.encode(plain)[0])
+    assert p.decode(p.encode(plain)).age_ms is None
+    aged = p.Ready("cam1", 1, True, age_ms=12.5)
+    assert p.decode(p.encode(aged)) == aged
+    head = msgpack.unpackb(p.encode(aged)[0])
+    for bad in (-0.001, math.nan, math.inf, p.MAX_AGE_MS * 2, "12", True, [1.0]):
+        _rejects([_pack({**head, "age_ms": bad})])

@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,20 +54,33 @@ class LatestFrame:
 
     live = True
 
-    def __init__(self, stream: str, make_task: Callable[[Pending], Task]) -> None:
+    def __init__(self, stream: str, make_task: Callable[[Pending], Task],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.make_task = make_task
+        self.clock = clock
         self._lock = threading.Lock()
         self._item: Pending | None = None
+        self._offers = 0
+        self._offered_at = 0.0
 
     def offer(self, pending: Pending) -> Pending | None:
         """Make ``pending`` the frame to send; returns the one it superseded, if any."""
         with self._lock:
             old, self._item = self._item, pending
+            self._offers += 1
+            self._offered_at = self.clock()
         return old
 
     def ready(self) -> int:
         return 0 if self._item is None else 1
+
+    def freshness(self) -> tuple[int, float] | None:
+        """(number, seconds waited) of the frame that would be sent; None if none waits."""
+        with self._lock:
+            if self._item is None:
+                return None
+            return self._offers, max(0.0, self.clock() - self._offered_at)
 
     def take(self) -> Task | None:
         with self._lock:
@@ -106,6 +120,10 @@ class FrameQueue:
 
     def ready(self) -> int:
         return len(self._queue) + len(self._retry)
+
+    def freshness(self) -> tuple[int, float] | None:
+        """Not tracked: a lossless stream sends its oldest frame, whatever its age."""
+        return None
 
     def take(self) -> Task | None:
         with self._cond:
