@@ -44,7 +44,7 @@ import zmq
 from stream import transport
 from stream.errors import ProtocolError
 from stream.model.identity import mismatch
-from stream.protocol import Buffer, Credit, Message, Ready, Task, decode, encode
+from stream.protocol import MAX_AGE_MS, Buffer, Credit, Message, Ready, Task, decode, encode
 from stream.runtime import Rejections
 from stream.transport import Socket, Sockets
 
@@ -215,7 +215,7 @@ class Dispatcher:
     def _tell(self, ident: bytes, w: _WorkerState, declined: int = 0) -> None:
         n = self.supply.ready()
         fresh = self.supply.freshness()
-        age_ms = None if fresh is None else round(fresh[1] * 1000.0, 3)
+        age_ms = None if fresh is None else min(round(fresh[1] * 1000.0, 3), MAX_AGE_MS)
         if self._send(ident, Ready(self.supply.stream, n, self.supply.live, declined, age_ms)):
             w.believed = n
             w.told = None if fresh is None else fresh[0]

@@ -12,11 +12,14 @@ takes the frame that has waited least, not the next camera in a fixed order. A L
 capture is granted only when an infer request is free (held + granted < requests): its
 frame is picked at that moment, the newest, and never waits in the worker behind another.
 A lossless capture (files) may also fill the prefetch slots, so the requests never idle
-between two frames of a file.
+between two frames of a file, except while a camera sharing the worker waits for its turn
+(a file always ready would otherwise refill the prefetch slot for ever and keep it out).
 
-How fresh a frame is comes from the capture's ``age_ms`` (on its own clock) and the time
-the note arrived here: no clocks are compared across machines. A capture that does not
-send it (an older build) is ordered by when it was served last, as before.
+How fresh a frame is comes from the capture's ``age_ms`` (how long the frame has been
+ready there, after decoding, on its own clock) and the time this worker read the note: no
+clocks are compared across machines, and the time a note spent on the wire or in the
+socket queue is not counted (the same for every camera on a quiet link). A capture that
+does not send it (an older build) is ordered by when it was served last, as before.
 
 A grant unanswered for :data:`GRANT_TIMEOUT_S` (the capture went away) is forgotten, so
 its slot comes back. A task that arrives without a grant (a late answer, a confused peer) is
@@ -78,7 +81,6 @@ class GrantScheduler:
 
     def on_ready(self, i: int, msg: Ready) -> None:
         """Capture ``i`` says how many frames it has ready (and hands back grants)."""
-        self._ready[i] = msg.frames
         self._live[i] = msg.live
         self._newest[i] = (None if msg.age_ms is None or not msg.live
                            else self.clock() - msg.age_ms / 1000.0)
@@ -86,6 +88,9 @@ class GrantScheduler:
             # a grant handed back was no service: the capture keeps its turn
             self._last_served[i] = self._grants[i].popleft()[1]
             self._round.discard(i)
+        # Grants still unanswered were sent before the capture wrote this note (one socket,
+        # in order): they will take frames it counts here, so they are not ready again.
+        self._ready[i] = max(0, msg.frames - len(self._grants[i]))
 
     def received(self, i: int) -> None:
         """A task from capture ``i`` arrived (it now holds a slot until :meth:`done`)."""
@@ -128,11 +133,12 @@ class GrantScheduler:
 
         Rounds: once every ready capture has been served, a new round starts. Among the
         ones that may take a slot now and are not served yet this round, the freshest live
-        frame wins, then the capture served least recently. (When all of those were served
-        but a ready one may not take this slot, a live capture while only prefetch slots
-        are free, the round goes on with the one served least recently: a file keeps its
-        requests busy.) "Served" is a grant it used: one handed back (its frame was taken
-        by another worker) does not cost it its turn.
+        frame wins, then the capture served least recently. A ready capture not served yet
+        this round that may not take this slot (a live one, while only the prefetch slot
+        is free) is waited for: nobody is granted until a request frees, so a file always
+        ready cannot keep a camera out by refilling the prefetch slot. "Served" is a grant
+        it used: one handed back (its frame was taken by another worker) does not cost it
+        its turn.
         """
         ready = [i for i, n in enumerate(self._ready) if n > 0]
         if not ready:
@@ -140,13 +146,10 @@ class GrantScheduler:
         if self._round.issuperset(ready):
             self._round.clear()
         used = self.held + self.granted
-        may = [i for i in ready if used < (self.requests if self._live[i] else self.capacity)]
-        if not may:
-            return None
-        due = [i for i in may if i not in self._round]
-        if not due:
-            return min(may, key=lambda i: self._last_served[i])
-        return min(due, key=self._order)
+        due = [i for i in ready if i not in self._round]
+        if any(used >= (self.requests if self._live[i] else self.capacity) for i in due):
+            return None  # whose turn it is waits for a request to free
+        return min(due, key=self._order) if due else None
 
     def _order(self, i: int) -> tuple[int, float]:
         """Sort key within a round: fresh live frames first (newest made first), then the

@@ -14,7 +14,7 @@ from stream.capture.session import Captured
 from stream.capture.supply import FrameQueue, LatestFrame, Pending
 from stream.dispatch import MAX_CAPACITY, Dispatcher, task_socket, worker_socket
 from stream.grants import GRANT_TIMEOUT_S, GrantScheduler
-from stream.protocol import Credit, Ready, Task, decode, encode
+from stream.protocol import MAX_AGE_MS, Credit, Ready, Task, decode, encode
 from stream.transport import Sockets
 
 pytestmark = pytest.mark.timeout(30)
@@ -117,6 +117,10 @@ def test_a_live_capture_tells_each_new_frame_with_its_age(sockets: Sockets) -> N
     clock.t += 0.004
     link.until(lambda: len(link.w.ready) == 2, "the newer frame was not announced")
     assert link.w.ready[1] == Ready("cam1", 1, True, age_ms=4.0)
+    latest.offer(Pending(2, 0.0, frame))
+    clock.t += 3 * 86_400  # a frame stuck for days: said as the largest age, still a valid note
+    link.until(lambda: len(link.w.ready) == 3, "the stuck frame was not announced")
+    assert link.w.ready[2] == Ready("cam1", 1, True, age_ms=MAX_AGE_MS)
 
 
 def test_silent_worker_is_lost_and_its_frames_are_sent_again(sockets: Sockets) -> None:
@@ -311,7 +315,56 @@ def test_captures_that_send_no_age_are_served_round_robin(sockets: Sockets) -> N
         caps.g.received(i)
         caps.g.done(i, len(order))
         caps.clock.t += 0.03
-    assert sorted(order[:3]) == [0, 1, 2] and order[3:] == order[:3] * 2, order
+    assert order == [0, 1, 2] * 3, order
+
+
+def test_a_file_always_ready_cannot_keep_a_live_camera_out(sockets: Sockets) -> None:
+    """One request plus one prefetch slot, a file that always has frames and a camera: the
+    file may not refill the prefetch slot while the camera waits for its turn; the next
+    request that frees goes to the camera. 40 completions: each gets half (the oracle is
+    the test's own count of the grants each capture received)."""
+    caps = Captures(sockets, 2, requests=1, prefetch=1)
+    caps.g.on_ready(0, Ready("file", 4, False))
+    caps.g.on_ready(1, Ready("cam", 1, True, age_ms=5.0))
+    caps.g.flush()
+    first = caps.grants()
+    assert sum(first) == 2, first  # the camera's request and the file's prefetch, or the file twice
+    holding = [i for i, n in enumerate(first) for _ in range(n)]
+    for i in holding:
+        caps.g.received(i)
+    counts = [first[0], first[1]]
+    for seq in range(40):
+        caps.g.done(holding.pop(0), seq)
+        caps.g.on_ready(0, Ready("file", 4, False))
+        caps.g.on_ready(1, Ready("cam", 1, True, age_ms=5.0))
+        caps.g.flush()
+        got = caps.grants()
+        for i, n in enumerate(got):
+            counts[i] += n
+            holding.extend([i] * n)
+            for _ in range(n):
+                caps.g.received(i)
+        caps.clock.t += 0.03
+    assert abs(counts[0] - counts[1]) <= 2, counts
+
+
+def test_a_note_written_before_a_grant_arrived_does_not_earn_a_second_grant(
+    sockets: Sockets,
+) -> None:
+    """Two requests, one camera: a grant is on its way when the capture announces a newer
+    frame. That note counts a frame the grant will take, so no second grant (which the
+    capture could only hand back) goes out until the task arrives."""
+    caps = Captures(sockets, 1, requests=2, prefetch=0)
+    caps.g.on_ready(0, Ready("cam", 1, True, age_ms=1.0))
+    caps.g.flush()
+    assert caps.grants() == [1]
+    caps.g.on_ready(0, Ready("cam", 1, True, age_ms=0.5))  # written before the grant came
+    caps.g.flush()
+    assert caps.grants() == [0]
+    caps.g.received(0)  # the grant's task: the note after it is a new frame
+    caps.g.on_ready(0, Ready("cam", 1, True, age_ms=0.2))
+    caps.g.flush()
+    assert caps.grants() == [1]
 
 
 def test_an_unanswered_grant_expires_and_a_declined_one_comes_back(sockets: Sockets) -> None:
