@@ -105,6 +105,10 @@ class FakeBackend:
     def make_clip(self, path: Path, frames: int, size: tuple[int, int], fps: float) -> str:
         return f"{size[0]}x{size[1]} {frames} frames"
 
+    def repeat_clip(self, src: Path, dst: Path, times: int) -> tuple[Path, str] | None:
+        self.repeated = (src.name, times)
+        return dst, f"the clip {times} times in a row"
+
     def trivial_ir(self, xml: Path) -> Path:
         return xml
 
@@ -121,7 +125,7 @@ class FakeBackend:
 
     def pipeline(self, name: str, clip: Path, model: str, workdir: Path,
                  **kwargs: Any) -> Run:
-        self.calls.append((name, kwargs))
+        self.calls.append((name, {**kwargs, "clip": clip.name}))
         if name == "trivial IR, with video":
             raise RuntimeError("encoder missing")
         live = kwargs.get("live", False)
@@ -151,6 +155,14 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     assert re.search(r"4 live cameras\s+11\.00 labels/s in all = 0\.92x raw LATENCY", text)
     assert "per stream 2.90, 2.70, 2.70, 2.70 labels/s: max/min 1.07" in text
     assert "OpenCV decode-only 400.0 frames/s" in text
+    # the tax runs on the 500-frame clip repeated to >= 2000 frames: 4 times
+    assert fake.repeated == ("bench-clip.mp4", 4)
+    assert "framework tax (trivial IR: global average pool + one matmul) on the clip 4 " \
+        "times in a row (2000 frames)" in text
+    assert {kw["clip"] for n, kw in fake.calls if n.startswith("trivial")} == {
+        "bench-clip-tax.mp4"}
+    assert {kw["clip"] for n, kw in fake.calls if not n.startswith("trivial")} <= {
+        "bench-clip.mp4", "bench-clip-small.mp4"}
     assert re.search(r"trivial IR, labels only\s+260\.00 labels/s = 0\.65x decode-only", text)
     assert ("CPU ms/frame after the first frame: capture 3.0, worker 60.0, sink 1.0; "
             "start-up CPU s: capture 0.50, worker 2.00, sink 0.25") in text
@@ -185,7 +197,7 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
     res = subprocess.run(
         [sys.executable, "-m", "stream", "bench", "--model", str(oracle_model[0]), "--quick",
          "--frames", "30", "--size", "320x240", "--seconds", "0.5", "--raw-tool", "python",
-         "--cameras", "2",
+         "--cameras", "2", "--tax-frames", "50",
          "--keep", str(tmp_path)],
         capture_output=True, text=True, timeout=110)
     out = res.stdout
@@ -210,3 +222,6 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
             assert _number(rf"{role} ([\d.]+)", startup) > 0
     # the clip was really 30 frames: every file run labelled all of them
     assert out.count("(30/30 labelled") >= 2
+    # --tax-frames 50: the tax ran on the clip joined twice, and labelled all 60 frames
+    assert "on the clip 2 times in a row (60 frames)" in out
+    assert out.count("(60/60 labelled") == 2, out

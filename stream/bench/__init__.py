@@ -36,7 +36,12 @@ Measure, back to back on this machine and IR, and print as ratios:
                  per stream (1.00 = fair), latency p50/p99 / the LATENCY median request
   framework tax  the same two runs with a trivial IR (global average pool + one matmul to
                  1000 outputs: next to no compute) / OpenCV decoding the clip alone: what
-                 the pipeline itself costs
+                 the pipeline itself costs; both on the clip repeated to --tax-frames
+                 (joined by ffmpeg without re-encoding), so a run at hundreds of frames/s
+                 lasts long enough to be steady
+
+The pipeline runs are `stream run` as you would start it: local roles linked over private
+ipc:// sockets, label events on tcp, `model.hint: auto`.
 
 Each pipeline line also gives the CPU milliseconds per frame of each role (capture,
 worker, sink: what they log when they stop) over the frames after each role's first,
@@ -78,6 +83,9 @@ def add_bench_parser(sub: Any) -> None:
                    help="what measures the raw model (auto: benchmark_app if on PATH)")
     p.add_argument("--cameras", type=int, default=4, metavar="N",
                    help="live sources in the several-cameras run (default 4; 640x360)")
+    p.add_argument("--tax-frames", type=int, metavar="N",
+                   help="frames of the framework-tax runs: the clip repeated to at least N "
+                        "(default 2000; --quick: the clip once)")
     p.add_argument("--skip", default="", metavar="LIST",
                    help=f"leave out some of: {', '.join(STEPS)} (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a short run: rougher figures")
@@ -107,13 +115,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--size {args.size!r}: width and height must be even and >= 16")
     frames = args.frames or (100 if args.quick else 500)
     seconds = args.seconds or (4.0 if args.quick else 15.0)
-    if frames < 10 or seconds <= 0 or not 0 <= args.cameras <= 16:
-        raise ConfigError("--frames must be >= 10, --seconds > 0 and --cameras 0..16")
+    tax_frames = args.tax_frames if args.tax_frames is not None else (
+        frames if args.quick else 2000)
+    if frames < 10 or seconds <= 0 or not 0 <= args.cameras <= 16 or tax_frames < 1:
+        raise ConfigError("--frames must be >= 10, --seconds > 0, --cameras 0..16 and "
+                          "--tax-frames >= 1")
     model = _model(args.model)
 
     def run(workdir: Path) -> int:
         opts = Options(model, workdir, args.device, args.precision, args.workers, frames,
-                       (w, h), 25.0, seconds, args.raw_tool, skip, args.cameras)
+                       (w, h), 25.0, seconds, args.raw_tool, skip, args.cameras,
+                       tax_frames=tax_frames)
         report = run_bench(opts, RealBackend(),
                            lambda what: print(f"bench: {what} ...", file=sys.stderr,
                                               flush=True))

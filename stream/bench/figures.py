@@ -214,6 +214,7 @@ class Report:
     raw_throughput_end: Raw | None = None
     raw_latency_end: Raw | None = None
     cameras: Run | None = None  # several live sources at once (smaller frames)
+    tax_clip: str = ""  # what the framework tax ran on (the clip, or it repeated)
 
 
 def mean_raw(start: Raw | None, end: Raw | None) -> Raw | None:
@@ -267,7 +268,8 @@ def render(r: Report) -> list[str]:
         out.extend(_cameras_lines(r.cameras, mean_raw(r.raw_latency, r.raw_latency_end),
                                   r.source_fps))
     if r.decode_fps is not None:
-        out.append(f"framework tax (trivial IR: global average pool + one matmul), "
+        on = f" on {r.tax_clip}" if r.tax_clip else ""
+        out.append(f"framework tax (trivial IR: global average pool + one matmul){on}, "
                    f"/ OpenCV decode-only {r.decode_fps:.1f} frames/s:")
         for run in (r.tax_labels, r.tax_video):
             if run is not None:

@@ -54,6 +54,26 @@ def make_clip(path: Path, frames: int, size: tuple[int, int], fps: float = 25.0)
     return f"{size[0]}x{size[1]} {frames} frames at {fps:g} fps, {codec}"
 
 
+def repeat_clip(src: Path, dst: Path, times: int) -> tuple[Path, str] | None:
+    """``src`` played ``times`` times in a row, as one file (ffmpeg stream copy: no
+    re-encoding, so it takes a second); None when ffmpeg is not on PATH.
+
+    The framework tax runs at hundreds of frames/s: on the 500-frame clip they would last
+    two seconds, mostly ramp-up. Repeating the clip gives them a steady window.
+    """
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        return None
+    listing = dst.with_suffix(".txt")
+    quoted = str(src.resolve()).replace("'", "'\\''")
+    listing.write_text(f"file '{quoted}'\n" * times, encoding="utf-8")
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "concat",
+                    "-safe", "0", "-i", str(listing), "-c", "copy", str(dst)],
+                   check=True, capture_output=True, timeout=300)
+    listing.unlink()
+    return dst, f"the clip {times} times in a row"
+
+
 def trivial_ir(xml: Path) -> Path:
     """An IR with next to no compute: global average pool, then one matmul to 1000 outputs.
 
@@ -214,8 +234,7 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
     import yaml
 
     ids = [STREAM] if sources == 1 else [f"{STREAM}{i}" for i in range(sources)]
-    base = free_ports(2 + sources)
-    events = f"tcp://127.0.0.1:{base}"
+    events = f"tcp://127.0.0.1:{free_ports(1)}"
     out = workdir / f"{name.replace(' ', '-')}-out"
     cfg: dict[str, Any] = {
         "sources": [{"id": sid, "url": str(clip), **({"realtime": True} if live else {})}
@@ -223,9 +242,9 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
         "model": {"path": model, "device": device, "hint": hint,
                   **({"precision": precision} if precision else {})},
         "workers": {"count": workers},
+        # No `transport`: `stream run` links its local roles over private ipc:// sockets,
+        # as it does for a user who names none.
         "sink": {"events": events, **({"output_dir": str(out)} if video else {})},
-        "transport": {"sink": f"tcp://127.0.0.1:{base + 1}",
-                      "frames": f"tcp://127.0.0.1:{base + 2}"},
     }
     path = workdir / f"{name.replace(' ', '-')}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
