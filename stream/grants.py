@@ -138,7 +138,9 @@ class GrantScheduler:
         is free) is waited for: nobody is granted until a request frees, so a file always
         ready cannot keep a camera out by refilling the prefetch slot. "Served" is a grant
         it used: one handed back (its frame was taken by another worker) does not cost it
-        its turn.
+        its turn. With several workers, a camera whose frame another worker took still
+        looks ready here until its next note, so a file may wait up to a frame interval
+        for the prefetch slot; captures that send no age go after fresh ones in a round.
         """
         ready = [i for i, n in enumerate(self._ready) if n > 0]
         if not ready:

@@ -5,12 +5,14 @@ one real short run on the colour-oracle IR whose printed figures must all be the
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import video_frames
 
 from stream.bench.figures import (
     Raw,
@@ -202,7 +204,7 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
         capture_output=True, text=True, timeout=110)
     out = res.stdout
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "note:" not in out, out
+    assert "note:" not in out or not shutil.which("ffmpeg"), out
     assert "raw model (OpenVINO Python API), precision" in out
     assert _number(r"THROUGHPUT hint: ([\d.]+) frames/s", out) > 0
     assert _number(r"LATENCY hint: +([\d.]+) frames/s", out) > 0
@@ -218,10 +220,38 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
     for line in cpu_lines:
         per_frame, startup = line.split("; start-up CPU s: ")
         for role in ("capture", "worker", "sink"):
-            assert _number(rf"{role} ([\d.]+)", per_frame) > 0
             assert _number(rf"{role} ([\d.]+)", startup) > 0
+            # A sink whose first release held every frame of so short a run has no frame
+            # after it to count (it logs "too few frames"); capture and worker always do.
+            if role != "sink" or "sink " in per_frame:
+                assert _number(rf"{role} ([\d.]+)", per_frame) > 0
     # the clip was really 30 frames: every file run labelled all of them
     assert out.count("(30/30 labelled") >= 2
-    # --tax-frames 50: the tax ran on the clip joined twice, and labelled all 60 frames
-    assert "on the clip 2 times in a row (60 frames)" in out
-    assert out.count("(60/60 labelled") == 2, out
+    if shutil.which("ffmpeg"):
+        # --tax-frames 50: the tax ran on the clip joined twice, and labelled all 60 frames
+        assert "on the clip 2 times in a row (60 frames)" in out
+        assert out.count("(60/60 labelled") == 2, out
+    else:  # nothing to join it with: the clip once, and a note says so
+        assert "on the clip (30 frames)" in out and "no ffmpeg on PATH" in out
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")
+def test_repeat_clip_joins_a_clip_whose_path_has_quotes_and_spaces(tmp_path: Path) -> None:
+    """The framework tax's longer clip: the clip N times, frame for frame (counted by
+    ffprobe), wherever the bench's folder is; a clip ffmpeg cannot read is a clear error
+    and leaves nothing behind."""
+    from stream.bench.runs import make_clip, repeat_clip
+
+    folder = tmp_path / "it's a dir"
+    folder.mkdir()
+    clip = folder / "c.mp4"
+    make_clip(clip, 12, (64, 48), 25.0)
+    got = repeat_clip(clip, folder / "joined.mp4", 3)
+    assert got is not None and got[1] == "the clip 3 times in a row"
+    assert video_frames(got[0]) == 3 * video_frames(clip) == 36
+    assert sorted(p.name for p in folder.iterdir()) == ["c.mp4", "joined.mp4"]
+    bad = folder / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(RuntimeError, match="ffmpeg could not join the clip"):
+        repeat_clip(bad, folder / "out.mp4", 2)
+    assert not (folder / "out.mp4").exists() and not (folder / "out.txt").exists()

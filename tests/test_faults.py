@@ -316,7 +316,7 @@ def test_sigint_drains_and_closes_a_playable_video(tmp_path: Path,
     # A realtime source is live: a full frame the video link cannot take at once goes to the
     # sink as a stamp only (counted as video_busy), so those frames are not in the video.
     busy = sum(int(n) for n in re.findall(r"\bvideo_busy=(\d+)", out))
-    assert row.written + busy == captured
+    assert row.written + busy == captured and row.written > captured // 2
     assert video_frames(tmp_path / "out" / "cam.mp4") == row.written
 
 

@@ -36,8 +36,9 @@ Measure, back to back on this machine and IR, and print as ratios:
                  per stream (1.00 = fair), latency p50/p99 / the LATENCY median request
   framework tax  the same two runs with a trivial IR (global average pool + one matmul to
                  1000 outputs: next to no compute) / OpenCV decoding the clip alone: what
-                 the pipeline itself costs; both on the clip repeated to --tax-frames
-                 (joined by ffmpeg without re-encoding), so a run at hundreds of frames/s
+                 the pipeline itself costs; the decode-only and both pipeline runs use
+                 the clip repeated to --tax-frames (joined by ffmpeg without
+                 re-encoding, when ffmpeg is on PATH), so a run at hundreds of frames/s
                  lasts long enough to be steady
 
 The pipeline runs are `stream run` as you would start it: local roles linked over private
@@ -117,9 +118,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     seconds = args.seconds or (4.0 if args.quick else 15.0)
     tax_frames = args.tax_frames if args.tax_frames is not None else (
         frames if args.quick else 2000)
-    if frames < 10 or seconds <= 0 or not 0 <= args.cameras <= 16 or tax_frames < 1:
-        raise ConfigError("--frames must be >= 10, --seconds > 0, --cameras 0..16 and "
-                          "--tax-frames >= 1")
+    if (frames < 10 or seconds <= 0 or not 0 <= args.cameras <= 16 or tax_frames < 1
+            or args.workers < 1):
+        raise ConfigError("--frames must be >= 10, --seconds > 0, --cameras 0..16, "
+                          "--tax-frames >= 1 and --workers >= 1")
     model = _model(args.model)
 
     def run(workdir: Path) -> int:

@@ -65,12 +65,18 @@ def repeat_clip(src: Path, dst: Path, times: int) -> tuple[Path, str] | None:
     if ffmpeg is None:
         return None
     listing = dst.with_suffix(".txt")
-    quoted = str(src.resolve()).replace("'", "'\\''")
+    quoted = str(src.resolve()).replace("'", "'\\''")  # the concat list's own escaping
     listing.write_text(f"file '{quoted}'\n" * times, encoding="utf-8")
-    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "concat",
-                    "-safe", "0", "-i", str(listing), "-c", "copy", str(dst)],
-                   check=True, capture_output=True, timeout=300)
-    listing.unlink()
+    try:
+        res = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f",
+                              "concat", "-safe", "0", "-i", str(listing), "-c", "copy",
+                              str(dst)], capture_output=True, text=True, timeout=300)
+    finally:
+        listing.unlink(missing_ok=True)
+    if res.returncode != 0:
+        dst.unlink(missing_ok=True)
+        tail = " | ".join(res.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"ffmpeg could not join the clip (exit {res.returncode}): {tail}")
     return dst, f"the clip {times} times in a row"
 
 
