@@ -166,39 +166,13 @@ def test_eval_exact_figures(
     ir32: Path, eval_set: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     images, gt = eval_set
-    code, out, err = _run(
-        [
-            "eval",
-            "--images",
-            str(images),
-            "--ground-truth",
-            str(gt),
-            "--model",
-            str(ir32),
-            "--precision",
-            "f32",
-        ],
-        capsys,
-    )
+    args = ["eval", "--images", str(images), "--ground-truth", str(gt), "--model", str(ir32),
+            "--precision", "f32"]
+    code, out, err = _run(args, capsys)
     assert code == 0, err
     assert out.strip() == "top-1 70.00% (7/10)  top-5 80.00% (8/10)"
     assert "eval 10/10 images" in err  # the progress line
-    code, out, _ = _run(
-        [
-            "eval",
-            "--images",
-            str(images),
-            "--ground-truth",
-            str(gt),
-            "--model",
-            str(ir32),
-            "--precision",
-            "f32",
-            "--limit",
-            "8",
-        ],
-        capsys,
-    )
+    code, out, _ = _run([*args, "--limit", "8"], capsys)
     assert code == 0 and out.strip() == "top-1 87.50% (7/8)  top-5 100.00% (8/8)"
 
 

@@ -193,6 +193,11 @@ def _cpu_text(run: Run) -> str:
     return text
 
 
+def _cpu_and_stages(run: Run) -> str:
+    """A file run's second line: CPU per role, then the capture's stage breakdown."""
+    return f"      {_cpu_text(run)}" + (f"; capture stages: {run.stages}" if run.stages else "")
+
+
 @dataclass(frozen=True)
 class Report:
     """Everything one `stream bench` measured; :func:`render` turns it into lines."""
@@ -251,8 +256,7 @@ def render(r: Report) -> list[str]:
             out.append(f"  {run.name:<22} {run.fps:7.2f} labels/s = {ratio(run.fps, t.fps)} "
                        f"raw THROUGHPUT ({run.labelled}/{run.frames} labelled"
                        f"{_settings(run)})")
-            out.append(f"      {_cpu_text(run)}" + (f"; capture stages: {run.stages}"
-                                                      if run.stages else ""))
+            out.append(_cpu_and_stages(run))
     if r.live is not None:
         lv, base = r.live, mean_raw(r.raw_latency, r.raw_latency_end)
         ceiling, what = live_ceiling(base, r.source_fps)
@@ -276,7 +280,6 @@ def render(r: Report) -> list[str]:
                 out.append(f"  {run.name:<22} {run.fps:7.2f} labels/s = "
                            f"{ratio(run.fps, r.decode_fps)} decode-only "
                            f"({run.labelled}/{run.frames} labelled)")
-                out.append(f"      {_cpu_text(run)}" + (f"; capture stages: {run.stages}"
-                                                          if run.stages else ""))
+                out.append(_cpu_and_stages(run))
     out.extend(f"note: {n}" for n in r.notes)
     return out

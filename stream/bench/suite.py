@@ -154,11 +154,12 @@ def run_bench(opts: Options, backend: Backend,
     if "tax" not in o.skip:
         times = -(-o.tax_frames // o.frames)
         if times > 1:
+            failed_before = len(notes)
             longer = step("joining the clip for the framework tax", lambda: b.repeat_clip(
                 clip, o.workdir / "bench-clip-tax.mp4", times))
             if longer is not None:
                 tax_clip, tax_text = longer[0], f"{longer[1]} ({times * o.frames} frames)"
-            elif not any(n.startswith("joining") for n in notes):
+            elif len(notes) == failed_before:  # no ffmpeg (a failure has its own note)
                 notes.append("framework tax: on the clip once (no ffmpeg on PATH to join it "
                              f"to {o.tax_frames} frames); a short run is mostly ramp-up")
         decode = step("OpenCV decode-only", lambda: b.decode_fps(tax_clip))
