@@ -116,10 +116,14 @@ class FakeBackend:
 
     def raw_model(self, model: str, hint: str, seconds: float, device: str,
                   precision: str | None, tool: str) -> Raw:
-        # THROUGHPUT drifts between the start and the end: 14 then 16 frames/s (mean 15)
+        # THROUGHPUT drifts between the start and the end: 14 then 16 frames/s (mean 15);
+        # LATENCY is 12 frames/s and its median request 70, 90, 110, ... ms, one step per
+        # measurement (each live run's yardstick is the mean of the two around it)
         self.raw_calls.append(hint)
-        fps, med = (12.0, 80.0) if hint == "LATENCY" else (
-            (14.0, 140.0) if self.raw_calls.count(hint) == 1 else (16.0, 160.0))
+        n = self.raw_calls.count(hint)
+        if hint == "LATENCY":
+            return Raw(hint, 12.0, 50.0 + 20.0 * n, "f32", "fake")
+        fps, med = (14.0, 140.0) if n == 1 else (16.0, 160.0)
         return Raw(hint, fps, med, "f32", "fake")
 
     def decode_fps(self, clip: Path) -> float:
@@ -134,10 +138,12 @@ class FakeBackend:
         per_stream = ({"bench0": 2.9, "bench1": 2.7, "bench2": 2.7, "bench3": 2.7}
                       if kwargs.get("sources", 1) == 4 else {})
         fps = {"labels only": 14.4, "with video": 13.5, "live, realtime file": 11.4,
-               "trivial IR, labels only": 260.0, "4 live cameras": 11.0}[name]
+               "trivial IR, labels only": 260.0, "4 live cameras": 11.0}[name.split(" (")[0]]
+        # repeated live runs: the k-th one's p99 is 160 + 40 (k - 1) ms
+        k = sum(1 for n, _ in self.calls if n.split(" (")[0] == name.split(" (")[0])
         return Run(name, 100, 100, fps, {"capture": 3.0, "worker": 60.0, "sink": 1.0},
                    "source 2.0, preprocess 1.0", "f32", "LATENCY" if live else "THROUGHPUT",
-                   100.0 if live else None, 160.0 if live else None, per_stream,
+                   100.0 if live else None, 120.0 + 40.0 * k if live else None, per_stream,
                    {"capture": 0.5, "worker": 2.0, "sink": 0.25})
 
 
@@ -147,15 +153,23 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     text = "\n".join(render(report))
     assert ("THROUGHPUT hint: 14.00 frames/s, median request 140.0 ms; at the end 16.00 "
             "frames/s, 160.0 ms; yardstick (mean) 15.00 frames/s, 150.0 ms") in text
-    assert fake.raw_calls == ["THROUGHPUT", "LATENCY", "THROUGHPUT", "LATENCY"]
+    # THROUGHPUT around the file runs; LATENCY before, between and after the live runs
+    assert fake.raw_calls == ["THROUGHPUT", "THROUGHPUT", "LATENCY", "LATENCY", "LATENCY"]
+    assert ("LATENCY hint:    12.00, 12.00, 12.00 frames/s, median request 70.0, 90.0, "
+            "110.0 ms (before, between and after the live runs") in text
     assert re.search(r"labels only\s+14\.40 labels/s = 0\.96x raw THROUGHPUT", text)
     assert re.search(r"with video\s+13\.50 labels/s = 0\.90x raw THROUGHPUT", text)
     # live: the model (12 fps) is slower than the 25 fps source, so it is the ceiling
     assert re.search(r"live, realtime file\s+11\.40 labels/s = 0\.95x raw LATENCY", text)
-    assert "p50 100 ms = 1.25x, p99 160 ms = 2.00x the LATENCY median request" in text
-    # 4 cameras: 11 labels/s in all against the model's 12 (below the 100 fps sent)
+    # its yardstick: the mean of the 70 and 90 ms measured around it
+    assert ("p50 100 ms = 1.25x, p99 160 ms = 2.00x the LATENCY median request (80.0 ms "
+            "around this run)") in text
+    # 4 cameras: 11 labels/s in all against the model's 12 (below the 100 fps sent), and
+    # the mean of 90 and 110 ms
     assert re.search(r"4 live cameras\s+11\.00 labels/s in all = 0\.92x raw LATENCY", text)
-    assert "per stream 2.90, 2.70, 2.70, 2.70 labels/s: max/min 1.07" in text
+    assert ("per stream 2.90, 2.70, 2.70, 2.70 labels/s: max/min 1.07; label latency p50 "
+            "100 ms = 1.00x, p99 160 ms = 1.60x the LATENCY median request (100.0 ms") in text
+    assert "median of" not in text  # one run each: nothing to take a median of
     assert "OpenCV decode-only 400.0 frames/s" in text
     # the tax runs on the 500-frame clip repeated to >= 2000 frames: 4 times
     assert fake.repeated == ("bench-clip.mp4", 4)
@@ -174,6 +188,32 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     assert names == ["labels only", "with video", "live, realtime file", "4 live cameras",
                      "trivial IR, labels only", "trivial IR, with video"]
     assert all(kw["hint"] == "auto" for _, kw in fake.calls)
+
+
+def test_repeated_live_runs_each_have_their_own_yardstick(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    report = run_bench(Options("m.xml", tmp_path, skip=frozenset({"video", "tax"}),
+                               repeat=3), fake)
+    text = "\n".join(render(report))
+    assert [n for n, _ in fake.calls] == [
+        "labels only", "live, realtime file (1 of 3)", "4 live cameras (1 of 3)",
+        "live, realtime file (2 of 3)", "4 live cameras (2 of 3)",
+        "live, realtime file (3 of 3)", "4 live cameras (3 of 3)"]
+    assert fake.raw_calls.count("LATENCY") == 7  # before, between and after the six runs
+    # LATENCY medians 70, 90, ..., 190 ms: the live runs sit between 70/90, 110/130 and
+    # 150/170 (yardsticks 80, 120, 160 ms), the camera runs between 90/110, 130/150 and
+    # 170/190 (100, 140, 180 ms). p50 is 100 ms in every run, p99 160, 200, 240 ms.
+    for got in ("p50 100 ms = 1.25x, p99 160 ms = 2.00x the LATENCY median request (80.0",
+                "p50 100 ms = 0.83x, p99 200 ms = 1.67x the LATENCY median request (120.0",
+                "p50 100 ms = 0.62x, p99 240 ms = 1.50x the LATENCY median request (160.0",
+                "p99 160 ms = 1.60x the LATENCY median request (100.0",
+                "p99 200 ms = 1.43x the LATENCY median request (140.0",
+                "p99 240 ms = 1.33x the LATENCY median request (180.0"):
+        assert got in text, got
+    assert ("live, realtime file, median of 3 runs (each / its own yardstick): labels/s "
+            "0.95x, latency p50 0.83x, p99 1.67x") in text
+    assert ("4 live cameras, median of 3 runs (each / its own yardstick): labels/s 0.92x, "
+            "max/min 1.07, latency p50 0.71x, p99 1.43x") in text
 
 
 def test_skip_leaves_steps_out(tmp_path: Path) -> None:
@@ -207,7 +247,12 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
     assert "note:" not in out or not shutil.which("ffmpeg"), out
     assert "raw model (OpenVINO Python API), precision" in out
     assert _number(r"THROUGHPUT hint: ([\d.]+) frames/s", out) > 0
-    assert _number(r"LATENCY hint: +([\d.]+) frames/s", out) > 0
+    # LATENCY before the live run, between it and the cameras' run, and after that
+    lat = re.search(r"LATENCY hint: +([\d., ]+) frames/s, median request ([\d., ]+) ms", out)
+    assert lat is not None, out
+    for figures in lat.groups():
+        values = [float(v) for v in figures.split(", ")]
+        assert len(values) == 3 and min(values) > 0, lat.group(0)
     for name in ("labels only", "with video", "live, realtime file",
                  "trivial IR, labels only", "trivial IR, with video"):
         assert _number(rf"  {re.escape(name)} +([\d.]+) labels/s", out) > 0

@@ -34,6 +34,10 @@ Measure, back to back on this machine and IR, and print as ratios:
   N cameras      N live sources at once (--cameras, default 4, of a 640x360 clip): labels/s
                  in all / raw LATENCY (or / the frames sent, when lower), max/min labels/s
                  per stream (1.00 = fair), latency p50/p99 / the LATENCY median request
+                 Each live run's yardstick is the mean of the raw LATENCY measured just
+                 before and just after it: on a shared machine the model's own latency
+                 can move by a quarter within minutes. --repeat N measures the live runs
+                 N times and adds the median of each ratio.
   framework tax  the same two runs with a trivial IR (global average pool + one matmul to
                  1000 outputs: next to no compute) / OpenCV decoding the clip alone: what
                  the pipeline itself costs; the decode-only and both pipeline runs use
@@ -59,6 +63,8 @@ examples:
   stream bench --model my.xml --precision f32
   stream bench --skip video,tax --frames 1000
   stream bench --cameras 8              the several-cameras run with 8 live sources
+  stream bench --skip video,tax --repeat 3
+                                        the live runs 3 times each, and their medians
 """
 
 
@@ -87,6 +93,10 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--tax-frames", type=int, metavar="N",
                    help="frames of the framework-tax runs: the clip repeated to at least N "
                         "(default 2000; --quick: the clip once)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="measure the live runs N times each (1..10, default 1) and print "
+                        "the median of each ratio: a 20 s live run's p99 rests on a few "
+                        "labels")
     p.add_argument("--skip", default="", metavar="LIST",
                    help=f"leave out some of: {', '.join(STEPS)} (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a short run: rougher figures")
@@ -119,15 +129,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     tax_frames = args.tax_frames if args.tax_frames is not None else (
         frames if args.quick else 2000)
     if (frames < 10 or seconds <= 0 or not 0 <= args.cameras <= 16 or tax_frames < 1
-            or args.workers < 1):
+            or args.workers < 1 or not 1 <= args.repeat <= 10):
         raise ConfigError("--frames must be >= 10, --seconds > 0, --cameras 0..16, "
-                          "--tax-frames >= 1 and --workers >= 1")
+                          "--tax-frames >= 1, --workers >= 1 and --repeat 1..10")
     model = _model(args.model)
 
     def run(workdir: Path) -> int:
         opts = Options(model, workdir, args.device, args.precision, args.workers, frames,
                        (w, h), 25.0, seconds, args.raw_tool, skip, args.cameras,
-                       tax_frames=tax_frames)
+                       tax_frames=tax_frames, repeat=args.repeat)
         report = run_bench(opts, RealBackend(),
                            lambda what: print(f"bench: {what} ...", file=sys.stderr,
                                               flush=True))

@@ -56,6 +56,15 @@ class Run:
     cpu_startup_s: dict[str, float] = field(default_factory=dict)  # role -> CPU s
 
 
+@dataclass(frozen=True)
+class Live:
+    """A live run and its yardstick: the raw LATENCY figures measured just before and just
+    after it, averaged (the model's own latency moves on a shared machine)."""
+
+    run: Run
+    base: Raw | None
+
+
 def worker_settings(stderr: str) -> tuple[str, str]:
     """(inference precision, hint ``auto`` resolved to) from the worker's log lines."""
     p = _PRECISION.search(stderr)
@@ -160,22 +169,56 @@ def fairness(per_stream: dict[str, float]) -> float | None:
     return max(rates) / min(rates)
 
 
-def _cameras_lines(run: Run, base: Raw | None, source_fps: float) -> list[str]:
+def _live_lines(live: Live, source_fps: float) -> list[str]:
+    """One live source: labels/s / its ceiling, latency / the LATENCY median request."""
+    lv, base = live.run, live.base
+    ceiling, what = live_ceiling(base, source_fps)
+    return [f"  {lv.name:<22} {lv.fps:7.2f} labels/s = {ratio(lv.fps, ceiling)} {what} "
+            f"({lv.labelled}/{lv.frames} labelled{_settings(lv)})",
+            f"      label latency {_latency(lv, base)}",
+            f"      {_cpu_text(lv)}"]
+
+
+def _cameras_lines(live: Live, source_fps: float) -> list[str]:
     """Several live sources: total / the ceiling, fairness, latency / the LATENCY median."""
+    run, base = live.run, live.base
     n = max(1, len(run.per_stream))
     ceiling, what = live_ceiling(base, n * source_fps)
     fair = fairness(run.per_stream)
     each = ", ".join(f"{v:.2f}" for v in run.per_stream.values())
-    med = base.median_ms if base else None
-    p50 = f"{run.p50_ms:.0f}" if run.p50_ms is not None else "n/a"
-    p99 = f"{run.p99_ms:.0f}" if run.p99_ms is not None else "n/a"
     return [f"  {run.name:<22} {run.fps:7.2f} labels/s in all = {ratio(run.fps, ceiling)} "
             f"{what} ({run.labelled}/{run.frames} labelled{_settings(run)})",
             f"      per stream {each} labels/s: max/min "
-            f"{'n/a' if fair is None else f'{fair:.2f}'}; label latency p50 {p50} ms = "
-            f"{ratio(run.p50_ms, med)}, p99 {p99} ms = {ratio(run.p99_ms, med)} the LATENCY "
-            "median request",
+            f"{'n/a' if fair is None else f'{fair:.2f}'}; label latency {_latency(run, base)}",
             f"      {_cpu_text(run)}"]
+
+
+def _latency(run: Run, base: Raw | None) -> str:
+    """``p50 X ms = Rx, p99 Y ms = Rx the LATENCY median request (M ms around this run)``."""
+    med = base.median_ms if base else None
+    p50 = f"{run.p50_ms:.0f}" if run.p50_ms is not None else "n/a"
+    p99 = f"{run.p99_ms:.0f}" if run.p99_ms is not None else "n/a"
+    around = f" ({med:.1f} ms around this run)" if med is not None else ""
+    return (f"p50 {p50} ms = {ratio(run.p50_ms, med)}, p99 {p99} ms = "
+            f"{ratio(run.p99_ms, med)} the LATENCY median request{around}")
+
+
+def _median_of(runs: Sequence[Live], what: str, source_fps: float, several: bool) -> str:
+    """The median over repeated runs of each ratio (each run against its own yardstick)."""
+    def median(values: Sequence[float | None]) -> str:
+        got = [v for v in values if v is not None]
+        return f"{percentile(got, 50):.2f}" if got else "n/a"
+
+    def part(value: float | None, base: float | None) -> float | None:
+        return None if value is None or base is None or base <= 0 else value / base
+
+    fps = [part(x.run.fps, live_ceiling(x.base, source_fps * max(1, len(x.run.per_stream)))[0])
+           for x in runs]
+    p50 = [part(x.run.p50_ms, x.base.median_ms if x.base else None) for x in runs]
+    p99 = [part(x.run.p99_ms, x.base.median_ms if x.base else None) for x in runs]
+    fair = f", max/min {median([fairness(x.run.per_stream) for x in runs])}" if several else ""
+    return (f"  {what}, median of {len(runs)} runs (each / its own yardstick): labels/s "
+            f"{median(fps)}x{fair}, latency p50 {median(p50)}x, p99 {median(p99)}x")
 
 
 def _settings(run: Run) -> str:
@@ -205,20 +248,20 @@ class Report:
     model: str
     clip: str
     raw_throughput: Raw
-    raw_latency: Raw | None = None
+    # The LATENCY hint measured before, between and after the live runs, in order.
+    raw_latency: list[Raw] = field(default_factory=list)
     labels_only: Run | None = None
     with_video: Run | None = None
-    live: Run | None = None
+    live: list[Live] = field(default_factory=list)  # one source, paced (each repetition)
     decode_fps: float | None = None
     source_fps: float = 25.0  # the clip's frame rate: a live source's own ceiling
     tax_labels: Run | None = None
     tax_video: Run | None = None
     notes: list[str] = field(default_factory=list)
-    # The raw model measured again after the model's pipeline runs: a shared machine
-    # drifts, so each yardstick is the mean of its start and end figures.
+    # THROUGHPUT measured again after the file runs: a shared machine drifts, so their
+    # yardstick is the mean of the start and end figures.
     raw_throughput_end: Raw | None = None
-    raw_latency_end: Raw | None = None
-    cameras: Run | None = None  # several live sources at once (smaller frames)
+    cameras: list[Live] = field(default_factory=list)  # several live sources at once
     tax_clip: str = ""  # what the framework tax ran on (the clip, or it repeated)
 
 
@@ -242,6 +285,17 @@ def _raw_line(label: str, start: Raw | None, end: Raw | None) -> list[str]:
     return [line]
 
 
+def _latency_raw_line(raws: Sequence[Raw]) -> list[str]:
+    if not raws:
+        return []
+    fps = ", ".join(f"{x.fps:.2f}" for x in raws)
+    med = ", ".join(f"{x.median_ms:.1f}" for x in raws)
+    where = ("before and after the live run" if len(raws) == 2 else
+             "before, between and after the live runs" if len(raws) > 2 else "once")
+    return [f"  LATENCY hint:    {fps} frames/s, median request {med} ms ({where}; a live "
+            "run's yardstick is the mean of the two around it)"]
+
+
 def render(r: Report) -> list[str]:
     """The printed report: one line per figure, its ratio to its yardstick, then CPU."""
     t0 = r.raw_throughput
@@ -249,7 +303,7 @@ def render(r: Report) -> list[str]:
     out = [f"model {r.model}; clip {r.clip}",
            f"raw model ({t0.tool}), precision {t0.precision}:",
            *_raw_line("THROUGHPUT hint:", t0, r.raw_throughput_end),
-           *_raw_line("LATENCY hint:   ", r.raw_latency, r.raw_latency_end)]
+           *_latency_raw_line(r.raw_latency)]
     out.append("pipeline (stream run), each figure / its yardstick:")
     for run in (r.labels_only, r.with_video):
         if run is not None:
@@ -257,20 +311,15 @@ def render(r: Report) -> list[str]:
                        f"raw THROUGHPUT ({run.labelled}/{run.frames} labelled"
                        f"{_settings(run)})")
             out.append(_cpu_and_stages(run))
-    if r.live is not None:
-        lv, base = r.live, mean_raw(r.raw_latency, r.raw_latency_end)
-        ceiling, what = live_ceiling(base, r.source_fps)
-        out.append(f"  {lv.name:<22} {lv.fps:7.2f} labels/s = {ratio(lv.fps, ceiling)} "
-                   f"{what} ({lv.labelled}/{lv.frames} labelled{_settings(lv)})")
-        med = base.median_ms if base else None
-        p50 = f"{lv.p50_ms:.0f}" if lv.p50_ms is not None else "n/a"
-        p99 = f"{lv.p99_ms:.0f}" if lv.p99_ms is not None else "n/a"
-        out.append(f"      label latency p50 {p50} ms = {ratio(lv.p50_ms, med)}, p99 {p99} ms "
-                   f"= {ratio(lv.p99_ms, med)} the LATENCY median request")
-        out.append(f"      {_cpu_text(lv)}")
-    if r.cameras is not None:
-        out.extend(_cameras_lines(r.cameras, mean_raw(r.raw_latency, r.raw_latency_end),
-                                  r.source_fps))
+    for live in r.live:
+        out.extend(_live_lines(live, r.source_fps))
+    if len(r.live) > 1:
+        out.append(_median_of(r.live, "live, realtime file", r.source_fps, False))
+    for live in r.cameras:
+        out.extend(_cameras_lines(live, r.source_fps))
+    if len(r.cameras) > 1:
+        out.append(_median_of(r.cameras, r.cameras[0].run.name.split(" (")[0], r.source_fps,
+                              True))
     if r.decode_fps is not None:
         on = f" on {r.tax_clip}" if r.tax_clip else ""
         out.append(f"framework tax (trivial IR: global average pool + one matmul){on}, "

@@ -1,14 +1,16 @@
 """The order of `stream bench`'s measurements, over a backend that a test can replace.
 
 Measured back to back, so the ratios compare figures of one machine state:
-raw model (THROUGHPUT, then LATENCY) → pipeline labels only → with video → a live
-(real-time paced) source → several live sources of a smaller clip → the raw model again
-(each yardstick is the mean of the two: a shared machine drifts) → OpenCV decode-only →
-pipeline with the trivial IR, labels only and with video (on the clip repeated to
-``tax_frames``, when ffmpeg can join it: at hundreds of frames/s the clip alone lasts
-seconds). A step that fails is reported
-as a note and the others still run: the user gets every figure that could be measured,
-and the reason for the rest.
+raw model, THROUGHPUT → pipeline labels only → with video → raw THROUGHPUT again (the file
+runs' yardstick is the mean of the two: a shared machine drifts) → the live runs, each
+between two raw LATENCY measurements (its yardstick is the mean of the one just before and
+the one just after it: on a shared machine the model's own latency moves by a quarter
+within minutes), a live (real-time paced) source, then several live sources of a smaller
+clip, ``repeat`` times → OpenCV decode-only → pipeline with the trivial IR, labels only and
+with video (on the clip repeated to ``tax_frames``, when ffmpeg can join it: at hundreds of
+frames/s the clip alone lasts seconds). A step that fails is reported as a note and the
+others still run: the user gets every figure that could be measured, and the reason for
+the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from stream.bench.figures import Raw, Report, Run
+from stream.bench.figures import Live, Raw, Report, Run, mean_raw
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,6 +47,7 @@ class Options:
     cameras: int = 4  # live sources of the several-cameras run
     camera_size: tuple[int, int] = (640, 360)
     tax_frames: int = 2000  # the framework tax runs on the clip repeated to at least this
+    repeat: int = 1  # times each live run (one source, several) is measured
 
 
 class Backend(Protocol):
@@ -121,35 +124,48 @@ def run_bench(opts: Options, backend: Backend,
     raw_t = b.raw_model(o.model, "THROUGHPUT", o.raw_seconds, o.device, o.precision, o.raw_tool)
     common: dict[str, Any] = {"workers": o.workers, "device": o.device,
                               "precision": o.precision}
-    raw_l = labels = video = live = decode = tax_l = tax_v = None
-    if "live" not in o.skip:
-        raw_l = step("raw model, LATENCY hint", lambda: b.raw_model(
-            o.model, "LATENCY", o.raw_seconds, o.device, o.precision, o.raw_tool))
+    video = decode = tax_l = tax_v = None
     labels = step("pipeline, labels only", lambda: b.pipeline(
         "labels only", clip, o.model, o.workdir, hint="auto", **common))
     if "video" not in o.skip:
         video = step("pipeline, with video", lambda: b.pipeline(
             "with video", clip, o.model, o.workdir, hint="auto", video=True, **common))
-    if "live" not in o.skip:
-        live = step("live source (realtime file)", lambda: b.pipeline(
-            "live, realtime file", clip, o.model, o.workdir, hint="auto", live=True,
-            **common))
-    cams = None
-    if "cameras" not in o.skip and o.cameras > 1:
-        def several() -> Run:
-            small = o.workdir / "bench-clip-small.mp4"
-            b.make_clip(small, o.frames, o.camera_size, o.fps)
-            return b.pipeline(f"{o.cameras} live cameras", small, o.model, o.workdir,
-                              hint="auto", live=True, sources=o.cameras, **common)
-
-        cams = step(f"{o.cameras} live cameras ({o.camera_size[0]}x{o.camera_size[1]})",
-                    several)
     raw_t_end = step("raw model again, THROUGHPUT hint", lambda: b.raw_model(
         o.model, "THROUGHPUT", o.raw_seconds, o.device, o.precision, o.raw_tool))
-    raw_l_end = None
+    live: list[Live] = []
+    cams: list[Live] = []
+    kinds: list[tuple[str, Callable[[str], Run], list[Live]]] = []
     if "live" not in o.skip:
-        raw_l_end = step("raw model again, LATENCY hint", lambda: b.raw_model(
+        kinds.append(("live, realtime file", lambda name: b.pipeline(
+            name, clip, o.model, o.workdir, hint="auto", live=True, **common), live))
+    if "cameras" not in o.skip and o.cameras > 1:
+        small = o.workdir / "bench-clip-small.mp4"
+
+        def several(name: str) -> Run:
+            if not small.exists():
+                b.make_clip(small, o.frames, o.camera_size, o.fps)
+            return b.pipeline(name, small, o.model, o.workdir, hint="auto", live=True,
+                              sources=o.cameras, **common)
+
+        kinds.append((f"{o.cameras} live cameras", several, cams))
+    raw_l: list[Raw] = []
+
+    def latency_yardstick() -> Raw | None:
+        got = step("raw model, LATENCY hint", lambda: b.raw_model(
             o.model, "LATENCY", o.raw_seconds, o.device, o.precision, o.raw_tool))
+        if got is not None:
+            raw_l.append(got)
+        return got
+
+    before = latency_yardstick() if kinds else None
+    for i in range(o.repeat):
+        for kind, measure, into in kinds:
+            name = kind if o.repeat == 1 else f"{kind} ({i + 1} of {o.repeat})"
+            got = step(name, lambda: measure(name))  # noqa: B023 (called at once)
+            after = latency_yardstick()
+            if got is not None:
+                into.append(Live(got, mean_raw(before, after)))
+            before = after
     tax_clip, tax_text = clip, f"the clip ({o.frames} frames)"
     if "tax" not in o.skip:
         times = -(-o.tax_frames // o.frames)
@@ -172,8 +188,7 @@ def run_bench(opts: Options, backend: Backend,
                 tax_v = step("trivial IR, with video", lambda: b.pipeline(
                     "trivial IR, with video", tax_clip, trivial, o.workdir, hint="auto",
                     video=True, **common))
-    return Report(o.model, clip_text, raw_t, raw_latency=raw_l, labels_only=labels,
-                  with_video=video, live=live, decode_fps=decode, source_fps=o.fps,
-                  tax_labels=tax_l, tax_video=tax_v, notes=notes,
-                  raw_throughput_end=raw_t_end, raw_latency_end=raw_l_end, cameras=cams,
-                  tax_clip=tax_text)
+    return Report(o.model, clip_text, raw_t, raw_latency=raw_l,
+                  labels_only=labels, with_video=video, live=live, decode_fps=decode,
+                  source_fps=o.fps, tax_labels=tax_l, tax_video=tax_v, notes=notes,
+                  raw_throughput_end=raw_t_end, cameras=cams, tax_clip=tax_text)
