@@ -23,6 +23,7 @@ from stream.bench.figures import (
     ratio,
     render,
     role_cpu,
+    steady_latency,
     summary_row,
     worker_settings,
 )
@@ -97,6 +98,17 @@ def test_ratios_and_percentiles() -> None:
     assert live_ceiling(Raw("LATENCY", 14.0, 90.0, "f32", "x"), 25.0)[0] == 14.0
 
 
+def test_steady_latency_leaves_out_each_streams_first_second() -> None:
+    # two streams starting 0.5 s apart; each one's labels before its own first + 1 s are
+    # start-up (a 150 ms first request, then a backlog draining)
+    labels = [("a", 10.0, 150.0), ("a", 10.4, 60.0), ("b", 10.5, 170.0), ("a", 10.99, 45.0),
+              ("a", 11.0, 30.0), ("b", 11.2, 40.0), ("b", 11.5, 31.0), ("a", 12.0, 33.0)]
+    steady, worst = steady_latency(labels)
+    assert steady == [30.0, 31.0, 33.0] and worst == 170.0
+    assert steady_latency(labels, warmup_s=0.0) == ([v for _, _, v in labels], None)
+    assert steady_latency([]) == ([], None)
+
+
 class FakeBackend:
     """Fixed figures, so every printed ratio is known; the trivial IR step fails."""
 
@@ -144,7 +156,8 @@ class FakeBackend:
         return Run(name, 100, 100, fps, {"capture": 3.0, "worker": 60.0, "sink": 1.0},
                    "source 2.0, preprocess 1.0", "f32", "LATENCY" if live else "THROUGHPUT",
                    100.0 if live else None, 120.0 + 40.0 * k if live else None, per_stream,
-                   {"capture": 0.5, "worker": 2.0, "sink": 0.25})
+                   {"capture": 0.5, "worker": 2.0, "sink": 0.25},
+                   warmup_ms=150.0 if live else None)
 
 
 def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
@@ -163,7 +176,8 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     assert re.search(r"live, realtime file\s+11\.40 labels/s = 0\.95x raw LATENCY", text)
     # its yardstick: the mean of the 70 and 90 ms measured around it
     assert ("p50 100 ms = 1.25x, p99 160 ms = 2.00x the LATENCY median request (80.0 ms "
-            "around this run)") in text
+            "around this run); each stream's first 1 s left out (start-up: worst 150 ms)"
+            ) in text
     # 4 cameras: 11 labels/s in all against the model's 12 (below the 100 fps sent), and
     # the mean of 90 and 110 ms
     assert re.search(r"4 live cameras\s+11\.00 labels/s in all = 0\.92x raw LATENCY", text)
@@ -238,8 +252,8 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
     and positive (their size is the machine's business, not a test's)."""
     res = subprocess.run(
         [sys.executable, "-m", "stream", "bench", "--model", str(oracle_model[0]), "--quick",
-         "--frames", "30", "--size", "320x240", "--seconds", "0.5", "--raw-tool", "python",
-         "--cameras", "2", "--tax-frames", "50",
+         "--frames", "50", "--size", "320x240", "--seconds", "0.5", "--raw-tool", "python",
+         "--cameras", "2", "--tax-frames", "100",
          "--keep", str(tmp_path)],
         capture_output=True, text=True, timeout=110)
     out = res.stdout
@@ -257,6 +271,8 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
                  "trivial IR, labels only", "trivial IR, with video"):
         assert _number(rf"  {re.escape(name)} +([\d.]+) labels/s", out) > 0
     assert _number(r"label latency p50 ([\d.]+) ms", out) > 0
+    # a live stream's first second is start-up, apart (2 s of frames: some are after it)
+    assert _number(r"first 1 s left out \(start-up: worst ([\d.]+) ms\)", out) > 0
     assert _number(r"2 live cameras +([\d.]+) labels/s in all", out) > 0
     assert _number(r"max/min ([\d.]+)", out) >= 1.0
     assert _number(r"OpenCV decode-only ([\d.]+) frames/s", out) > 0
@@ -270,14 +286,14 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
             # after it to count (it logs "too few frames"); capture and worker always do.
             if role != "sink" or "sink " in per_frame:
                 assert _number(rf"{role} ([\d.]+)", per_frame) > 0
-    # the clip was really 30 frames: every file run labelled all of them
-    assert out.count("(30/30 labelled") >= 2
+    # the clip was really 50 frames: every file run labelled all of them
+    assert out.count("(50/50 labelled") >= 2
     if shutil.which("ffmpeg"):
-        # --tax-frames 50: the tax ran on the clip joined twice, and labelled all 60 frames
-        assert "on the clip 2 times in a row (60 frames)" in out
-        assert out.count("(60/60 labelled") == 2, out
+        # --tax-frames 100: the tax ran on the clip joined twice, and labelled all 100 frames
+        assert "on the clip 2 times in a row (100 frames)" in out
+        assert out.count("(100/100 labelled") == 2, out
     else:  # nothing to join it with: the clip once, and a note says so
-        assert "on the clip (30 frames)" in out and "no ffmpeg on PATH" in out
+        assert "on the clip (50 frames)" in out and "no ffmpeg on PATH" in out
 
 
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg on PATH")

@@ -54,6 +54,8 @@ class Run:
     p99_ms: float | None = None
     per_stream: dict[str, float] = field(default_factory=dict)  # labels/s, several streams
     cpu_startup_s: dict[str, float] = field(default_factory=dict)  # role -> CPU s
+    # the worst label latency in each stream's first WARMUP_S, left out of p50/p99
+    warmup_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,31 @@ class Live:
 
     run: Run
     base: Raw | None
+
+
+WARMUP_S = 1.0
+"""A live stream's first second of labels is its start-up, not its steady state: the
+first request of a freshly compiled model is slow (130-170 ms for convnext-tiny here), and
+the frames that waited behind it take a few more to drain."""
+
+
+def steady_latency(labels: Sequence[tuple[str, float, float]], warmup_s: float = WARMUP_S
+                   ) -> tuple[list[float], float | None]:
+    """Latencies of the labels that arrived ``warmup_s`` or more after their stream's first
+    one, and the worst latency among those left out (None when none was).
+
+    ``labels`` are (stream, arrival time in s, latency in ms), in arrival order.
+    """
+    first: dict[str, float] = {}
+    steady: list[float] = []
+    warmup: float | None = None
+    for stream, arrival, latency in labels:
+        start = first.setdefault(stream, arrival)
+        if arrival - start >= warmup_s:
+            steady.append(latency)
+        else:
+            warmup = latency if warmup is None else max(warmup, latency)
+    return steady, warmup
 
 
 def worker_settings(stderr: str) -> tuple[str, str]:
@@ -199,8 +226,10 @@ def _latency(run: Run, base: Raw | None) -> str:
     p50 = f"{run.p50_ms:.0f}" if run.p50_ms is not None else "n/a"
     p99 = f"{run.p99_ms:.0f}" if run.p99_ms is not None else "n/a"
     around = f" ({med:.1f} ms around this run)" if med is not None else ""
+    warm = (f"; each stream's first {WARMUP_S:g} s left out (start-up: worst "
+            f"{run.warmup_ms:.0f} ms)" if run.warmup_ms is not None else "")
     return (f"p50 {p50} ms = {ratio(run.p50_ms, med)}, p99 {p99} ms = "
-            f"{ratio(run.p99_ms, med)} the LATENCY median request{around}")
+            f"{ratio(run.p99_ms, med)} the LATENCY median request{around}{warm}")
 
 
 def _median_of(runs: Sequence[Live], what: str, source_fps: float, several: bool) -> str:

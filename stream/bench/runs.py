@@ -25,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from stream.bench.figures import Raw, Run, percentile, role_cpu, summary_row, worker_settings
+from stream.bench.figures import (
+    Raw,
+    Run,
+    percentile,
+    role_cpu,
+    steady_latency,
+    summary_row,
+    worker_settings,
+)
 from stream.errors import ModelError
 
 STREAM = "bench"  # the stream id of every bench run
@@ -206,7 +214,7 @@ class _Listener:
         from stream.events import Subscriber
 
         self.sub = Subscriber(endpoint, types=["label"])
-        self.latency_ms: list[float] = []
+        self.labels: list[tuple[str, float, float]] = []  # (stream, arrival, latency ms)
         self.arrivals: dict[str, list[float]] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="bench-subscriber",
@@ -219,7 +227,7 @@ class _Listener:
             if ev is not None:
                 now = time.time()
                 self.arrivals.setdefault(str(ev["stream"]), []).append(now)
-                self.latency_ms.append(1000 * (now - float(ev["ts"])))
+                self.labels.append((str(ev["stream"]), now, 1000 * (now - float(ev["ts"]))))
 
     def close(self) -> None:
         self.stop.set()
@@ -272,11 +280,13 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
     labelled = sum(r.labelled for r in rows.values() if r)
     frames = sum((r.captured if r.captured is not None else r.labelled + r.dropped)
                  for r in rows.values() if r)
+    latency, warmup = steady_latency(listener.labels)
     return Run(name, labelled, frames, sum(per_stream.values()), cpu, stages,
                precision, resolved or hint,
-               percentile(listener.latency_ms, 50) if live else None,
-               percentile(listener.latency_ms, 99) if live else None,
-               per_stream if sources > 1 else {}, startup)
+               percentile(latency, 50) if live else None,
+               percentile(latency, 99) if live else None,
+               per_stream if sources > 1 else {}, startup,
+               warmup_ms=warmup if live else None)
 
 
 def _labels_per_s(row: Any, arrivals: Sequence[float]) -> float:
