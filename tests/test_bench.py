@@ -115,8 +115,10 @@ class FakeBackend:
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.raw_calls: list[str] = []
+        self.clips: list[str] = []
 
     def make_clip(self, path: Path, frames: int, size: tuple[int, int], fps: float) -> str:
+        self.clips.append(path.name)
         return f"{size[0]}x{size[1]} {frames} frames"
 
     def repeat_clip(self, src: Path, dst: Path, times: int) -> tuple[Path, str] | None:
@@ -214,6 +216,7 @@ def test_repeated_live_runs_each_have_their_own_yardstick(tmp_path: Path) -> Non
         "live, realtime file (2 of 3)", "4 live cameras (2 of 3)",
         "live, realtime file (3 of 3)", "4 live cameras (3 of 3)"]
     assert fake.raw_calls.count("LATENCY") == 7  # before, between and after the six runs
+    assert fake.clips == ["bench-clip.mp4", "bench-clip-small.mp4"]  # each made once
     # LATENCY medians 70, 90, ..., 190 ms: the live runs sit between 70/90, 110/130 and
     # 150/170 (yardsticks 80, 120, 160 ms), the camera runs between 90/110, 130/150 and
     # 170/190 (100, 140, 180 ms). p50 is 100 ms in every run, p99 160, 200, 240 ms.

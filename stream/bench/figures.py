@@ -200,7 +200,7 @@ def _live_lines(live: Live, source_fps: float) -> list[str]:
     """One live source: labels/s / its ceiling, latency / the LATENCY median request."""
     lv, base = live.run, live.base
     ceiling, what = live_ceiling(base, source_fps)
-    return [f"  {lv.name:<22} {lv.fps:7.2f} labels/s = {ratio(lv.fps, ceiling)} {what} "
+    return [f"  {lv.name:<30} {lv.fps:7.2f} labels/s = {ratio(lv.fps, ceiling)} {what} "
             f"({lv.labelled}/{lv.frames} labelled{_settings(lv)})",
             f"      label latency {_latency(lv, base)}",
             f"      {_cpu_text(lv)}"]
@@ -213,7 +213,7 @@ def _cameras_lines(live: Live, source_fps: float) -> list[str]:
     ceiling, what = live_ceiling(base, n * source_fps)
     fair = fairness(run.per_stream)
     each = ", ".join(f"{v:.2f}" for v in run.per_stream.values())
-    return [f"  {run.name:<22} {run.fps:7.2f} labels/s in all = {ratio(run.fps, ceiling)} "
+    return [f"  {run.name:<30} {run.fps:7.2f} labels/s in all = {ratio(run.fps, ceiling)} "
             f"{what} ({run.labelled}/{run.frames} labelled{_settings(run)})",
             f"      per stream {each} labels/s: max/min "
             f"{'n/a' if fair is None else f'{fair:.2f}'}; label latency {_latency(run, base)}",
@@ -336,7 +336,7 @@ def render(r: Report) -> list[str]:
     out.append("pipeline (stream run), each figure / its yardstick:")
     for run in (r.labels_only, r.with_video):
         if run is not None:
-            out.append(f"  {run.name:<22} {run.fps:7.2f} labels/s = {ratio(run.fps, t.fps)} "
+            out.append(f"  {run.name:<30} {run.fps:7.2f} labels/s = {ratio(run.fps, t.fps)} "
                        f"raw THROUGHPUT ({run.labelled}/{run.frames} labelled"
                        f"{_settings(run)})")
             out.append(_cpu_and_stages(run))
@@ -355,7 +355,7 @@ def render(r: Report) -> list[str]:
                    f"/ OpenCV decode-only {r.decode_fps:.1f} frames/s:")
         for run in (r.tax_labels, r.tax_video):
             if run is not None:
-                out.append(f"  {run.name:<22} {run.fps:7.2f} labels/s = "
+                out.append(f"  {run.name:<30} {run.fps:7.2f} labels/s = "
                            f"{ratio(run.fps, r.decode_fps)} decode-only "
                            f"({run.labelled}/{run.frames} labelled)")
                 out.append(_cpu_and_stages(run))

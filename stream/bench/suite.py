@@ -140,10 +140,11 @@ def run_bench(opts: Options, backend: Backend,
             name, clip, o.model, o.workdir, hint="auto", live=True, **common), live))
     if "cameras" not in o.skip and o.cameras > 1:
         small = o.workdir / "bench-clip-small.mp4"
+        made: list[str] = []  # the smaller clip, made by the first of these runs
 
         def several(name: str) -> Run:
-            if not small.exists():
-                b.make_clip(small, o.frames, o.camera_size, o.fps)
+            if not made:
+                made.append(b.make_clip(small, o.frames, o.camera_size, o.fps))
             return b.pipeline(name, small, o.model, o.workdir, hint="auto", live=True,
                               sources=o.cameras, **common)
 
