@@ -222,12 +222,17 @@ class _Listener:
         self.thread.start()
 
     def _loop(self) -> None:
-        while not self.stop.is_set():
+        # After stop, what already arrived is still read (a thread that lagged behind on a
+        # busy machine would otherwise lose the last labels): until 0.2 s bring nothing.
+        while True:
             ev = self.sub.recv(timeout=0.2)
-            if ev is not None:
-                now = time.time()
-                self.arrivals.setdefault(str(ev["stream"]), []).append(now)
-                self.labels.append((str(ev["stream"]), now, 1000 * (now - float(ev["ts"]))))
+            if ev is None:
+                if self.stop.is_set():
+                    return
+                continue
+            now = time.time()
+            self.arrivals.setdefault(str(ev["stream"]), []).append(now)
+            self.labels.append((str(ev["stream"]), now, 1000 * (now - float(ev["ts"]))))
 
     def close(self) -> None:
         self.stop.set()
