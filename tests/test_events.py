@@ -435,11 +435,18 @@ def test_subscriber_in_another_thread_can_stop(pub: ev.EventPublisher) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
+def _default_sigint() -> None:
+    # A suite started in the background of a non-interactive shell inherits SIGINT ignored,
+    # and so would the CLI (Python then installs no KeyboardInterrupt handler): give the
+    # child the default, as a terminal's Ctrl-C would find it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*argv: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen([sys.executable, "-m", "stream.events", "subscribe", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO, env=env)
+                            cwd=REPO, env=env, preexec_fn=_default_sigint)
 
 
 def _feed(pub: ev.EventPublisher, proc: subprocess.Popen[str]) -> tuple[str, str]:
