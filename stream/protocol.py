@@ -321,9 +321,7 @@ def decode(frames: Sequence[Buffer]) -> Message:
                       tuple(r.int_list("done")), r.bool_("bye"), r.int_("grant", 0, 1 << 20),
                       model)
     if t == "ready":
-        age = r.opt_float("age_ms") if "age_ms" in r.head else None
-        if age is not None and not 0.0 <= age <= MAX_AGE_MS:
-            raise ProtocolError(f"ready: field 'age_ms' must be in 0..{MAX_AGE_MS:.0f}")
+        age = r.opt_float("age_ms", 0.0, MAX_AGE_MS) if "age_ms" in r.head else None
         return Ready(r.stream(), r.int_("frames", 0, 1 << 20), r.bool_("live"),
                      r.int_("declined", 0, 1 << 20), age)
     raise ProtocolError(f"unknown message type {t!r}")
@@ -374,14 +372,16 @@ class _Reader:
     def opt_int(self, key: str) -> int | None:
         return None if self._get(key) is None else self.int_(key)
 
-    def float_(self, key: str) -> float:
+    def float_(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
         v = self._get(key)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise self._bad(key, "a finite number")
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                or not lo <= v <= hi):
+            raise self._bad(key, "a finite number" if (lo, hi) == (-math.inf, math.inf)
+                            else f"a number in {lo:g}..{hi:g}")
         return float(v)
 
-    def opt_float(self, key: str) -> float | None:
-        return None if self._get(key) is None else self.float_(key)
+    def opt_float(self, key: str, lo: float = -math.inf, hi: float = math.inf) -> float | None:
+        return None if self._get(key) is None else self.float_(key, lo, hi)
 
     def int_list(self, key: str) -> list[int]:
         v = self._get(key)
