@@ -171,11 +171,15 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
+def fraction(value: float | None, base: float | None) -> float | None:
+    """``value / base``, or None when either side is missing or the base is not positive."""
+    return None if value is None or base is None or base <= 0 else value / base
+
+
 def ratio(value: float | None, base: float | None) -> str:
     """``"0.93x"``, or ``"n/a"`` when either side is missing or the base is zero."""
-    if value is None or base is None or base <= 0:
-        return "n/a"
-    return f"{value / base:.2f}x"
+    got = fraction(value, base)
+    return "n/a" if got is None else f"{got:.2f}x"
 
 
 def live_ceiling(raw_latency: Raw | None, source_fps: float) -> tuple[float | None, str]:
@@ -197,32 +201,35 @@ def fairness(per_stream: dict[str, float]) -> float | None:
 
 
 def _live_lines(live: Live, source_fps: float) -> list[str]:
-    """One live source: labels/s / its ceiling, latency / the LATENCY median request."""
-    lv, base = live.run, live.base
-    ceiling, what = live_ceiling(base, source_fps)
-    return [f"  {lv.name:<30} {lv.fps:7.2f} labels/s = {ratio(lv.fps, ceiling)} {what} "
-            f"({lv.labelled}/{lv.frames} labelled{_settings(lv)})",
-            f"      label latency {_latency(lv, base)}",
-            f"      {_cpu_text(lv)}"]
-
-
-def _cameras_lines(live: Live, source_fps: float) -> list[str]:
-    """Several live sources: total / the ceiling, fairness, latency / the LATENCY median."""
+    """A live run: labels/s / its ceiling (the sources' fps or raw LATENCY), with several
+    sources their fairness, and latency / the LATENCY median request; then CPU."""
     run, base = live.run, live.base
-    n = max(1, len(run.per_stream))
-    ceiling, what = live_ceiling(base, n * source_fps)
-    fair = fairness(run.per_stream)
-    each = ", ".join(f"{v:.2f}" for v in run.per_stream.values())
-    return [f"  {run.name:<30} {run.fps:7.2f} labels/s in all = {ratio(run.fps, ceiling)} "
-            f"{what} ({run.labelled}/{run.frames} labelled{_settings(run)})",
-            f"      per stream {each} labels/s: max/min "
-            f"{'n/a' if fair is None else f'{fair:.2f}'}; label latency {_latency(run, base)}",
-            f"      {_cpu_text(run)}"]
+    several = bool(run.per_stream)
+    ceiling, what = live_ceiling(base, _sources(run) * source_fps)
+    head = (f"  {run.name:<30} {run.fps:7.2f} labels/s{' in all' if several else ''} = "
+            f"{ratio(run.fps, ceiling)} {what} ({run.labelled}/{run.frames} labelled"
+            f"{_settings(run)})")
+    latency = f"label latency {_latency(run, base)}"
+    if several:
+        fair = fairness(run.per_stream)
+        each = ", ".join(f"{v:.2f}" for v in run.per_stream.values())
+        latency = (f"per stream {each} labels/s: max/min "
+                   f"{'n/a' if fair is None else f'{fair:.2f}'}; {latency}")
+    return [head, f"      {latency}", f"      {_cpu_text(run)}"]
+
+
+def _sources(run: Run) -> int:
+    """How many live sources a run had (its per-stream figures; one when it has none)."""
+    return max(1, len(run.per_stream))
+
+
+def _median_ms(base: Raw | None) -> float | None:
+    return base.median_ms if base else None
 
 
 def _latency(run: Run, base: Raw | None) -> str:
     """``p50 X ms = Rx, p99 Y ms = Rx the LATENCY median request (M ms around this run)``."""
-    med = base.median_ms if base else None
+    med = _median_ms(base)
     p50 = f"{run.p50_ms:.0f}" if run.p50_ms is not None else "n/a"
     p99 = f"{run.p99_ms:.0f}" if run.p99_ms is not None else "n/a"
     around = f" ({med:.1f} ms around this run)" if med is not None else ""
@@ -232,21 +239,20 @@ def _latency(run: Run, base: Raw | None) -> str:
             f"{ratio(run.p99_ms, med)} the LATENCY median request{around}{warm}")
 
 
-def _median_of(runs: Sequence[Live], what: str, source_fps: float, several: bool) -> str:
+def _median_of(runs: Sequence[Live], source_fps: float) -> str:
     """The median over repeated runs of each ratio (each run against its own yardstick)."""
     def median(values: Sequence[float | None]) -> str:
         got = [v for v in values if v is not None]
         return f"{percentile(got, 50):.2f}" if got else "n/a"
 
-    def part(value: float | None, base: float | None) -> float | None:
-        return None if value is None or base is None or base <= 0 else value / base
-
-    fps = [part(x.run.fps, live_ceiling(x.base, source_fps * max(1, len(x.run.per_stream)))[0])
+    fps = [fraction(x.run.fps, live_ceiling(x.base, _sources(x.run) * source_fps)[0])
            for x in runs]
-    p50 = [part(x.run.p50_ms, x.base.median_ms if x.base else None) for x in runs]
-    p99 = [part(x.run.p99_ms, x.base.median_ms if x.base else None) for x in runs]
-    fair = f", max/min {median([fairness(x.run.per_stream) for x in runs])}" if several else ""
-    return (f"  {what}, median of {len(runs)} runs (each / its own yardstick): labels/s "
+    p50 = [fraction(x.run.p50_ms, _median_ms(x.base)) for x in runs]
+    p99 = [fraction(x.run.p99_ms, _median_ms(x.base)) for x in runs]
+    fair = (f", max/min {median([fairness(x.run.per_stream) for x in runs])}"
+            if runs[0].run.per_stream else "")
+    kind = runs[0].run.name.split(" (")[0]
+    return (f"  {kind}, median of {len(runs)} runs (each / its own yardstick): labels/s "
             f"{median(fps)}x{fair}, latency p50 {median(p50)}x, p99 {median(p99)}x")
 
 
@@ -340,15 +346,11 @@ def render(r: Report) -> list[str]:
                        f"raw THROUGHPUT ({run.labelled}/{run.frames} labelled"
                        f"{_settings(run)})")
             out.append(_cpu_and_stages(run))
-    for live in r.live:
-        out.extend(_live_lines(live, r.source_fps))
-    if len(r.live) > 1:
-        out.append(_median_of(r.live, "live, realtime file", r.source_fps, False))
-    for live in r.cameras:
-        out.extend(_cameras_lines(live, r.source_fps))
-    if len(r.cameras) > 1:
-        out.append(_median_of(r.cameras, r.cameras[0].run.name.split(" (")[0], r.source_fps,
-                              True))
+    for runs in (r.live, r.cameras):
+        for live in runs:
+            out.extend(_live_lines(live, r.source_fps))
+        if len(runs) > 1:
+            out.append(_median_of(runs, r.source_fps))
     if r.decode_fps is not None:
         on = f" on {r.tax_clip}" if r.tax_clip else ""
         out.append(f"framework tax (trivial IR: global average pool + one matmul){on}, "

@@ -215,7 +215,6 @@ class _Listener:
 
         self.sub = Subscriber(endpoint, types=["label"])
         self.labels: list[tuple[str, float, float]] = []  # (stream, arrival, latency ms)
-        self.arrivals: dict[str, list[float]] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="bench-subscriber",
                                        daemon=True)
@@ -231,7 +230,6 @@ class _Listener:
                     return
                 continue
             now = time.time()
-            self.arrivals.setdefault(str(ev["stream"]), []).append(now)
             self.labels.append((str(ev["stream"]), now, 1000 * (now - float(ev["ts"]))))
 
     def close(self) -> None:
@@ -280,7 +278,7 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
         raise RuntimeError(f"stream run ({name}) failed with exit {res.returncode}: {tail}")
     cpu, startup, stages = role_cpu(res.stderr)
     precision, resolved = worker_settings(res.stderr)
-    per_stream = {sid: _labels_per_s(row, listener.arrivals.get(sid, []))
+    per_stream = {sid: _labels_per_s(row, [t for s, t, _ in listener.labels if s == sid])
                   for sid, row in rows.items()}
     labelled = sum(r.labelled for r in rows.values() if r)
     frames = sum((r.captured if r.captured is not None else r.labelled + r.dropped)
