@@ -331,6 +331,12 @@ def _latency_raw_line(raws: Sequence[Raw]) -> list[str]:
             "run's yardstick is the mean of the two around it)"]
 
 
+def _file_lines(run: Run, base: float, what: str, settings: str = "") -> list[str]:
+    """A file run: labels/s / ``base`` (its yardstick, named ``what``), then CPU and stages."""
+    return [f"  {run.name:<30} {run.fps:7.2f} labels/s = {ratio(run.fps, base)} {what} "
+            f"({run.labelled}/{run.frames} labelled{settings})", _cpu_and_stages(run)]
+
+
 def render(r: Report) -> list[str]:
     """The printed report: one line per figure, its ratio to its yardstick, then CPU."""
     t0 = r.raw_throughput
@@ -342,10 +348,7 @@ def render(r: Report) -> list[str]:
     out.append("pipeline (stream run), each figure / its yardstick:")
     for run in (r.labels_only, r.with_video):
         if run is not None:
-            out.append(f"  {run.name:<30} {run.fps:7.2f} labels/s = {ratio(run.fps, t.fps)} "
-                       f"raw THROUGHPUT ({run.labelled}/{run.frames} labelled"
-                       f"{_settings(run)})")
-            out.append(_cpu_and_stages(run))
+            out += _file_lines(run, t.fps, "raw THROUGHPUT", _settings(run))
     for runs in (r.live, r.cameras):
         for live in runs:
             out.extend(_live_lines(live, r.source_fps))
@@ -357,9 +360,6 @@ def render(r: Report) -> list[str]:
                    f"/ OpenCV decode-only {r.decode_fps:.1f} frames/s:")
         for run in (r.tax_labels, r.tax_video):
             if run is not None:
-                out.append(f"  {run.name:<30} {run.fps:7.2f} labels/s = "
-                           f"{ratio(run.fps, r.decode_fps)} decode-only "
-                           f"({run.labelled}/{run.frames} labelled)")
-                out.append(_cpu_and_stages(run))
+                out += _file_lines(run, r.decode_fps, "decode-only")
     out.extend(f"note: {n}" for n in r.notes)
     return out
