@@ -53,7 +53,8 @@ def _box(w: int, h: int, size: int) -> tuple[float, float, float, float]:
 
 
 def cpu_ms(fn: Callable[[], object], frames: int) -> float:
-    fn()
+    for _ in range(max(1, frames // 10)):  # warm up: first-touched buffers, caches
+        fn()
     t0 = time.process_time()
     for _ in range(frames):
         fn()

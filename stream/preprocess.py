@@ -28,7 +28,12 @@ previous Pillow ``box`` two-pass path and 7.9 ms for a whole-frame Pillow resize
 (issue 8): OpenVINO's ``RESIZE_BICUBIC_PILLOW`` (PrePostProcessor in the worker's graph, fed
 the crop window: 25 ms of CPU per 640x640 window, and its float pipeline is off by 1 level
 on 12% of values, as is the ``bicubic_pillow`` Interpolate op: 47 ms on a whole 720p frame),
-and OpenCV's ``cv2.split`` for the plane layout (2.4 ms for the window alone).
+OpenCV's ``cv2.split`` for the plane layout (2.4 ms for the window alone), and the
+horizontal pass run on the window transposed (``cv2.transpose``, weights from the left,
+none of the horizontal weights' channel zeros: 1.0 against 1.35 ms per 720p frame on its
+own, but in a ``stream run`` at ~270 frames/s, beside the decoder's threads, the crop's own
+thread CPU came out 1.7-2.1 ms against 1.6-1.8: its transposes move memory, which that
+contention makes dear).
 
 BLAS threads: these products are small, and OpenBLAS spreads anything above its size
 threshold over every core, which costs more CPU than it saves (1080p: 12.8 ms of CPU on two

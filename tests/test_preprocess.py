@@ -28,16 +28,21 @@ from stream.preprocess import center_crop_resize, plan_crop
 pytestmark = pytest.mark.timeout(60)
 
 
-def reference(bgr: np.ndarray, size: int = 224, short: int = 256) -> np.ndarray:
-    """torchvision Resize(short) + CenterCrop(size) on a PIL image, naively."""
+def reference(bgr: np.ndarray, size: int | tuple[int, int] = 224,
+              short: int = 256) -> np.ndarray:
+    """torchvision Resize(short) + CenterCrop(size) on a PIL image, naively.
+
+    ``size``: the crop's side, or its (width, height).
+    """
+    out_w, out_h = (size, size) if isinstance(size, int) else size
     h, w = bgr.shape[:2]
     if w <= h:
         rw, rh = short, int(short * h / w)
     else:
         rw, rh = int(short * w / h), short
     img = Image.fromarray(bgr).resize((rw, rh), Image.Resampling.BICUBIC)
-    left, top = round((rw - size) / 2), round((rh - size) / 2)
-    return np.asarray(img.crop((left, top, left + size, top + size)))
+    left, top = round((rw - out_w) / 2), round((rh - out_h) / 2)
+    return np.asarray(img.crop((left, top, left + out_w, top + out_h)))
 
 
 def _noise(w: int, h: int, seed: int) -> np.ndarray:
@@ -72,6 +77,18 @@ def test_portrait_odd_size_within_one_level(w: int, h: int) -> None:
     img = _noise(w, h, seed=w * 7 + h)
     diff = np.abs(center_crop_resize(img, (224, 224)).astype(np.int16)
                   - reference(img).astype(np.int16))
+    assert diff.max() <= 1
+    assert (diff > 0).mean() < 0.001
+
+
+@pytest.mark.parametrize(("w", "h"), [(1280, 720), (398, 1086), (459, 1262)])
+def test_non_square_model_input(w: int, h: int) -> None:
+    """An IR whose input is not square (224 wide, 200 high: shorter side to
+    round(200 / 0.875) = 229): rows and columns are not mixed up, in either pass order."""
+    img = _noise(w, h, seed=w * 5 + h)
+    out = center_crop_resize(img, (224, 200))
+    assert out.shape == (200, 224, 3) and out.flags.c_contiguous
+    diff = np.abs(out.astype(np.int16) - reference(img, (224, 200), 229).astype(np.int16))
     assert diff.max() <= 1
     assert (diff > 0).mean() < 0.001
 
