@@ -18,8 +18,13 @@ between two frames of a file, except while a camera sharing the worker waits for
 How fresh a frame is comes from the capture's ``age_ms`` (how long the frame has been
 ready there, after decoding, on its own clock) and the time this worker read the note: no
 clocks are compared across machines, and the time a note spent on the wire or in the
-socket queue is not counted (the same for every camera on a quiet link). A capture that
-does not send it (an older build) is ordered by when it was served last, as before.
+socket queue is not counted (the same for every camera on a quiet link). A live capture
+does not announce each new frame; its note also says how often a newer one comes
+(``interval_ms``), so the newest frame's age at any later moment is worked out here: the
+frame the note spoke of, plus as many intervals as have passed since (one note a
+heartbeat keeps that in step with the camera). A capture that sends no age (an older
+build) is ordered by when it was served last; one that sends no interval (also older)
+announces each frame, and its last note's age is used as it is.
 
 A grant unanswered for :data:`GRANT_TIMEOUT_S` (the capture went away) is forgotten, so
 its slot comes back. A task that arrives without a grant (a late answer, a confused peer) is
@@ -67,6 +72,7 @@ class GrantScheduler:
         self._ready = [0] * n
         self._live = [False] * n
         self._newest: list[float | None] = [None] * n  # when its newest frame was made
+        self._interval: list[float | None] = [None] * n  # seconds between its new frames
         self._round: set[int] = set()  # captures served in the current round
         # per capture: (time, its previous last-served time) of each unanswered grant
         self._grants: list[deque[tuple[float, float]]] = [deque() for _ in range(n)]
@@ -84,6 +90,8 @@ class GrantScheduler:
         self._live[i] = msg.live
         self._newest[i] = (None if msg.age_ms is None or not msg.live
                            else self.clock() - msg.age_ms / 1000.0)
+        self._interval[i] = (msg.interval_ms / 1000.0 if msg.live and msg.interval_ms
+                             else None)
         for _ in range(min(msg.declined, len(self._grants[i]))):
             # a grant handed back was no service: the capture keeps its turn
             self._last_served[i] = self._grants[i].popleft()[1]
@@ -151,12 +159,24 @@ class GrantScheduler:
         due = [i for i in ready if i not in self._round]
         if any(used >= (self.requests if self._live[i] else self.capacity) for i in due):
             return None  # whose turn it is waits for a request to free
-        return min(due, key=self._order) if due else None
+        if not due:
+            return None
+        now = self.clock()
+        return min(due, key=lambda i: self._order(i, now))
 
-    def _order(self, i: int) -> tuple[int, float]:
+    def newest_made(self, i: int, now: float) -> float | None:
+        """When capture ``i``'s newest frame was made, as this worker works it out at
+        ``now``: the frame its last note spoke of, plus the whole intervals since (None
+        when it sends no age)."""
+        made, interval = self._newest[i], self._interval[i]
+        if made is not None and interval is not None and now > made:
+            made += ((now - made) // interval) * interval
+        return made
+
+    def _order(self, i: int, now: float) -> tuple[int, float]:
         """Sort key within a round: fresh live frames first (newest made first), then the
         rest by when they were served last."""
-        made = self._newest[i]
+        made = self.newest_made(i, now)
         return (1, self._last_served[i]) if made is None else (0, -made)
 
     def bye(self) -> None:

@@ -64,6 +64,9 @@ Buffer = bytes | bytearray | memoryview
 MAX_AGE_MS = 86_400_000.0
 """Largest ``age_ms`` a ``ready`` may carry (a day): anything above is a broken peer."""
 
+MAX_INTERVAL_MS = 60_000.0
+"""Largest ``interval_ms`` a ``ready`` may carry (a frame a minute)."""
+
 
 @dataclass(frozen=True)
 class Hello:
@@ -177,13 +180,15 @@ class Credit:
 class Ready:
     """Capture → worker (v2): ``frames`` ready to send now; ``declined`` grants handed back.
 
-    Sent to every worker when a frame becomes ready (for a live capture: each new newest
-    frame), again every heartbeat while one is, and in answer to a grant the capture cannot
-    use (no frame left: ``frames`` 0, ``declined`` 1). ``live`` captures are granted only
-    when an infer request is free (their frame is chosen at that moment: the newest);
-    lossless ones may be prefetched. ``age_ms`` (live, optional) is how old the newest
-    frame was when this was sent, on the capture's own clock: a worker grants the freshest
-    first within each round of its captures, without comparing clocks across machines.
+    Sent to a worker when the capture has more frames ready than the worker was told of,
+    to every worker again every heartbeat while one is, and in answer to a grant the
+    capture cannot use (no frame left: ``frames`` 0, ``declined`` 1). ``live`` captures are
+    granted only when an infer request is free (their frame is chosen at that moment: the
+    newest); lossless ones may be prefetched. ``age_ms`` (live, optional) is how old the
+    newest frame was when this was sent, on the capture's own clock, and ``interval_ms``
+    (live, optional) how often a newer one comes: a worker works out from the two how old
+    the newest frame is at any moment, and grants the freshest first within each round of
+    its captures, without comparing clocks across machines and without a note per frame.
     """
 
     stream: str
@@ -191,6 +196,7 @@ class Ready:
     live: bool
     declined: int = 0
     age_ms: float | None = None  # optional: older v2 peers neither send nor expect it
+    interval_ms: float | None = None  # optional, as age_ms
 
 
 Message = Hello | Task | Frame | Drop | Result | Eos | Status | Credit | Ready
@@ -253,6 +259,8 @@ def encode(msg: Message) -> list[Buffer]:
         head.update(stream=msg.stream, frames=msg.frames, live=msg.live, declined=msg.declined)
         if msg.age_ms is not None:
             head["age_ms"] = float(msg.age_ms)
+        if msg.interval_ms is not None:
+            head["interval_ms"] = float(msg.interval_ms)
     header: bytes = msgpack.packb(head, use_bin_type=True)
     return [header] if buf is None else [header, buf]
 
@@ -322,8 +330,10 @@ def decode(frames: Sequence[Buffer]) -> Message:
                       model)
     if t == "ready":
         age = r.opt_float("age_ms", 0.0, MAX_AGE_MS) if "age_ms" in r.head else None
+        interval = (r.opt_float("interval_ms", 0.0, MAX_INTERVAL_MS)
+                    if "interval_ms" in r.head else None)
         return Ready(r.stream(), r.int_("frames", 0, 1 << 20), r.bool_("live"),
-                     r.int_("declined", 0, 1 << 20), age)
+                     r.int_("declined", 0, 1 << 20), age, interval)
     raise ProtocolError(f"unknown message type {t!r}")
 
 

@@ -12,7 +12,13 @@ from fake_worker import ScriptedWorker
 from stream import transport
 from stream.capture.session import Captured
 from stream.capture.supply import FrameQueue, LatestFrame, Pending
-from stream.dispatch import MAX_CAPACITY, Dispatcher, task_socket, worker_socket
+from stream.dispatch import (
+    HEARTBEAT_S,
+    MAX_CAPACITY,
+    Dispatcher,
+    task_socket,
+    worker_socket,
+)
 from stream.grants import GRANT_TIMEOUT_S, GrantScheduler
 from stream.protocol import MAX_AGE_MS, Credit, Ready, Task, decode, encode
 from stream.transport import Sockets
@@ -98,10 +104,12 @@ def test_live_supply_sends_the_newest_frame_and_returns_the_superseded_ones(
     assert [t.seq for t in link.w.tasks] == [9]
 
 
-def test_a_live_capture_tells_each_new_frame_with_its_age(sockets: Sockets) -> None:
-    """Each new live frame is announced (the worker orders cameras by freshness), with its
-    age on the capture's own clock; the same frame is not announced twice off the heartbeat."""
-    clock = Clock()
+def test_a_live_capture_tells_age_and_interval_not_each_new_frame(sockets: Sockets) -> None:
+    """A live note gives the newest frame's age and the interval between frames (a running
+    mean, weight 0.1 a gap), on the capture's own clock. Newer frames are not announced one
+    by one while the worker already counts one ready: the heartbeat brings the news. An
+    outage (a gap over 4 mean intervals) starts the mean again."""
+    clock = Clock()  # the capture's (the supply's); link.clock is the dispatcher's
     latest = LatestFrame("cam1", lambda p: task(p.seq), clock=clock)
     link = Link(sockets, latest)
     link.join()
@@ -109,18 +117,29 @@ def test_a_live_capture_tells_each_new_frame_with_its_age(sockets: Sockets) -> N
     latest.offer(Pending(0, 0.0, frame))
     clock.t += 0.025
     link.until(lambda: link.w.ready, "the first frame was not announced")
-    assert link.w.ready == [Ready("cam1", 1, True, age_ms=25.0)]
-    for _ in range(5):  # the same frame, no heartbeat due: nothing new to say
+    assert link.w.ready == [Ready("cam1", 1, True, age_ms=25.0)]  # one frame: no interval
+    for seq, gap in ((1, 0.015), (2, 0.040), (3, 0.050)):  # gaps 40, 40, 50 ms
+        clock.t += gap
+        latest.offer(Pending(seq, 0.0, frame))
+    clock.t += 0.006
+    for _ in range(5):  # newer frames, no heartbeat due: nothing to say
         link.d.poll(10)
     assert not link.w.recv(100) and len(link.w.ready) == 1
-    latest.offer(Pending(1, 0.0, frame))
-    clock.t += 0.004
-    link.until(lambda: len(link.w.ready) == 2, "the newer frame was not announced")
-    assert link.w.ready[1] == Ready("cam1", 1, True, age_ms=4.0)
-    latest.offer(Pending(2, 0.0, frame))
-    clock.t += 3 * 86_400  # a frame stuck for days: said as the largest age, still a valid note
-    link.until(lambda: len(link.w.ready) == 3, "the stuck frame was not announced")
-    assert link.w.ready[2] == Ready("cam1", 1, True, age_ms=MAX_AGE_MS)
+    link.clock.t += HEARTBEAT_S
+    link.until(lambda: len(link.w.ready) == 2, "no heartbeat note")
+    # 40, then 40 + 0.1 * (40 - 40), then 40 + 0.1 * (50 - 40)
+    assert link.w.ready[1] == Ready("cam1", 1, True, age_ms=6.0, interval_ms=41.0)
+    clock.t += 1.0
+    latest.offer(Pending(4, 0.0, frame))  # after a 1 s outage: the mean starts again
+    link.clock.t += HEARTBEAT_S
+    link.until(lambda: len(link.w.ready) == 3, "no heartbeat note after the outage")
+    assert link.w.ready[2] == Ready("cam1", 1, True, age_ms=0.0)
+    clock.t += 0.040
+    latest.offer(Pending(5, 0.0, frame))
+    clock.t += 3 * 86_400  # a frame stuck for days: said as the largest age, still valid
+    link.clock.t += HEARTBEAT_S
+    link.until(lambda: len(link.w.ready) == 4, "the stuck frame was not announced")
+    assert link.w.ready[3] == Ready("cam1", 1, True, age_ms=MAX_AGE_MS, interval_ms=40.0)
 
 
 def test_silent_worker_is_lost_and_its_frames_are_sent_again(sockets: Sockets) -> None:
@@ -296,6 +315,33 @@ def test_each_round_serves_every_camera_once_freshest_first(sockets: Sockets) ->
         caps.g.done(expected, counts[expected])
         caps.clock.t += 0.03
     assert counts == [20, 20, 20]
+
+
+def test_the_freshest_frame_is_worked_out_from_age_and_interval(sockets: Sockets) -> None:
+    """Notes come once, not per frame: the worker works out when each camera's newest frame
+    was made from the note's age plus the whole intervals since. Hand-made times: camera 0
+    said 30 ms old, a frame every 40 ms; camera 1 said 10 ms old, every 40 ms; 15 ms later
+    camera 0 has a frame 5 ms old (made 40 ms after the one it spoke of) and camera 1's is
+    25 ms old: camera 0 goes first, though its note said older. Without an interval (an
+    older capture, which announces every frame) the note's age stands as it was."""
+    caps = Captures(sockets, 2, requests=1, prefetch=0)
+    t0 = caps.clock.t
+    caps.g.on_ready(0, Ready("c0", 1, True, age_ms=30.0, interval_ms=40.0))
+    caps.g.on_ready(1, Ready("c1", 1, True, age_ms=10.0, interval_ms=40.0))
+    caps.clock.t = t0 + 0.015
+    assert caps.g.newest_made(0, caps.clock.t) == pytest.approx(t0 + 0.010)
+    assert caps.g.newest_made(1, caps.clock.t) == pytest.approx(t0 - 0.010)
+    caps.g.flush()
+    assert caps.grants() == [1, 0]
+
+    plain = Captures(sockets, 2, requests=1, prefetch=0)
+    t0 = plain.clock.t
+    plain.g.on_ready(0, Ready("c0", 1, True, age_ms=30.0))
+    plain.g.on_ready(1, Ready("c1", 1, True, age_ms=10.0))
+    plain.clock.t = t0 + 0.015
+    assert plain.g.newest_made(0, plain.clock.t) == pytest.approx(t0 - 0.030)
+    plain.g.flush()
+    assert plain.grants() == [0, 1]
 
 
 def test_captures_that_send_no_age_are_served_round_robin(sockets: Sockets) -> None:

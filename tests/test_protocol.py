@@ -77,7 +77,8 @@ messages = st.one_of(
     st.builds(p.Status, stream_ids, text, num, text,
               st.dictionaries(text, st.integers(-(1 << 63), (1 << 64) - 1), max_size=5)),
     st.builds(p.Ready, stream_ids, st.integers(0, 1 << 20), st.booleans(),
-              st.integers(0, 1 << 20), st.none() | st.floats(0.0, p.MAX_AGE_MS)),
+              st.integers(0, 1 << 20), st.none() | st.floats(0.0, p.MAX_AGE_MS),
+              st.none() | st.floats(0.0, p.MAX_INTERVAL_MS)),
 )
 
 # Any value msgpack can carry, for "wrong type" and fuzz inputs.
@@ -357,3 +358,16 @@ def test_ready_age_is_optional_and_bounded() -> None:
     head = msgpack.unpackb(p.encode(aged)[0])
     for bad in (-0.001, math.nan, math.inf, p.MAX_AGE_MS * 2, "12", True, [1.0]):
         _rejects([_pack({**head, "age_ms": bad})])
+
+
+def test_ready_interval_is_optional_and_bounded() -> None:
+    """``interval_ms`` (how often a live capture gets a newer frame) is optional like
+    ``age_ms``, and a negative, non-finite or absurd one is refused."""
+    plain = p.Ready("cam1", 1, True, age_ms=3.0)
+    assert "interval_ms" not in msgpack.unpackb(p.encode(plain)[0])
+    assert p.decode(p.encode(plain)).interval_ms is None
+    paced = p.Ready("cam1", 1, True, age_ms=3.0, interval_ms=40.0)
+    assert p.decode(p.encode(paced)) == paced
+    head = msgpack.unpackb(p.encode(paced)[0])
+    for bad in (-1.0, math.nan, math.inf, p.MAX_INTERVAL_MS * 2, "40", False, {}):
+        _rejects([_pack({**head, "interval_ms": bad})])

@@ -49,6 +49,15 @@ class Pending:
     item: Captured
 
 
+INTERVAL_WEIGHT = 0.1
+"""Weight of each new gap between frames in :meth:`LatestFrame.interval` (a running mean
+over ~10 frames: steady against a camera's jitter, quick to follow a change of rate)."""
+
+OUTAGE_GAPS = 4.0
+"""A gap this many times the mean interval is an outage (a reconnect) or a new frame rate,
+not jitter: the mean starts again from the next gap."""
+
+
 class LatestFrame:
     """Live: holds only the newest frame; ``make_task`` crops it when a grant takes it."""
 
@@ -61,26 +70,35 @@ class LatestFrame:
         self.clock = clock
         self._lock = threading.Lock()
         self._item: Pending | None = None
-        self._offers = 0
-        self._offered_at = 0.0
+        self._offered_at: float | None = None
+        self._interval: float | None = None
 
     def offer(self, pending: Pending) -> Pending | None:
         """Make ``pending`` the frame to send; returns the one it superseded, if any."""
         with self._lock:
             old, self._item = self._item, pending
-            self._offers += 1
-            self._offered_at = self.clock()
+            now = self.clock()
+            if self._offered_at is not None:
+                gap = max(0.0, now - self._offered_at)
+                if self._interval is None:
+                    self._interval = gap
+                elif gap > OUTAGE_GAPS * self._interval:
+                    self._interval = None  # an outage or a new rate: the next gap says
+                else:
+                    self._interval += INTERVAL_WEIGHT * (gap - self._interval)
+            self._offered_at = now
         return old
 
     def ready(self) -> int:
         return 0 if self._item is None else 1
 
-    def freshness(self) -> tuple[int, float] | None:
-        """(number, seconds waited) of the frame that would be sent; None if none waits."""
+    def freshness(self) -> tuple[float, float | None] | None:
+        """(seconds the frame that would be sent has waited, seconds between new frames: a
+        running mean, None before the second frame); None if no frame waits."""
         with self._lock:
-            if self._item is None:
+            if self._item is None or self._offered_at is None:
                 return None
-            return self._offers, max(0.0, self.clock() - self._offered_at)
+            return max(0.0, self.clock() - self._offered_at), self._interval
 
     def take(self) -> Task | None:
         with self._lock:
@@ -121,7 +139,7 @@ class FrameQueue:
     def ready(self) -> int:
         return len(self._queue) + len(self._retry)
 
-    def freshness(self) -> tuple[int, float] | None:
+    def freshness(self) -> tuple[float, float | None] | None:
         """Not tracked: a lossless stream sends its oldest frame, whatever its age."""
         return None
 
