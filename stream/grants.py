@@ -23,8 +23,9 @@ does not announce each new frame; its note also says how often a newer one comes
 (``interval_ms``), so the newest frame's age at any later moment is worked out here: the
 frame the note spoke of, plus as many intervals as have passed since (one note a
 heartbeat keeps that in step with the camera). A capture that sends no age (an older
-build) is ordered by when it was served last; one that sends no interval (also older)
-announces each frame, and its last note's age is used as it is.
+build) is ordered by when it was served last; for one that sends no interval (an older
+build, which announces each frame, or a camera before its second frame) the last note's
+age is used as it is.
 
 A grant unanswered for :data:`GRANT_TIMEOUT_S` (the capture went away) is forgotten, so
 its slot comes back. A task that arrives without a grant (a late answer, a confused peer) is

@@ -50,8 +50,9 @@ class Pending:
 
 
 INTERVAL_WEIGHT = 0.1
-"""Weight of each new gap between frames in :meth:`LatestFrame.interval` (a running mean
-over ~10 frames: steady against a camera's jitter, quick to follow a change of rate)."""
+"""Weight of each new gap between frames in the interval :meth:`LatestFrame.freshness`
+gives (a running mean over ~10 frames: steady against a camera's jitter, quick to follow
+a change of rate)."""
 
 OUTAGE_GAPS = 4.0
 """A gap this many times the mean interval is an outage (a reconnect) or a new frame rate,
