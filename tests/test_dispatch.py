@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import msgpack
 import pytest
 from fake_worker import ScriptedWorker
 
 from stream import transport
+from stream.capture.policy import policy_for
 from stream.capture.session import Captured
 from stream.capture.supply import FrameQueue, LatestFrame, Pending
 from stream.dispatch import (
@@ -140,6 +142,27 @@ def test_a_live_capture_tells_age_and_interval_not_each_new_frame(sockets: Socke
     link.clock.t += HEARTBEAT_S
     link.until(lambda: len(link.w.ready) == 4, "the stuck frame was not announced")
     assert link.w.ready[3] == Ready("cam1", 1, True, age_ms=MAX_AGE_MS, interval_ms=40.0)
+
+
+def test_a_live_frame_wakes_the_dispatch_thread_only_where_none_waited() -> None:
+    """The drop policy wakes the dispatch thread (to tell workers) for a frame that made
+    the ready count go from 0 to 1, not for one that superseded a waiting frame (dropped
+    as busy, nothing new for the workers); after a grant took the frame, the next wakes."""
+    wakes: list[int] = []
+    drops: list[tuple[int, str]] = []
+    latest = LatestFrame("cam1", lambda p: task(p.seq))
+    router = SimpleNamespace(
+        frames=latest, dispatch=SimpleNamespace(wake=lambda: wakes.append(1)),
+        drop=lambda seq, pts, ts, why: drops.append((seq, why)))
+    frame = Captured(bytes(1), 0.0)  # type: ignore[arg-type]
+    policy = policy_for("drop")
+    for seq in range(3):
+        assert policy.dispatch(router, Pending(seq, 0.0, frame))  # type: ignore[arg-type]
+    assert len(wakes) == 1 and drops == [(0, "busy"), (1, "busy")]
+    taken = latest.take()
+    assert taken is not None and taken.seq == 2
+    assert policy.dispatch(router, Pending(3, 0.0, frame))  # type: ignore[arg-type]
+    assert len(wakes) == 2 and len(drops) == 2
 
 
 def test_silent_worker_is_lost_and_its_frames_are_sent_again(sockets: Sockets) -> None:

@@ -105,8 +105,13 @@ class DropPolicy:
         latest = router.frames
         assert isinstance(latest, LatestFrame)
         old = latest.offer(pending)
-        router.dispatch.wake()
-        if old is not None:  # superseded before any worker asked for it
+        if old is None:
+            # A frame is ready where none was: workers may need telling now. One that
+            # supersedes a waiting frame changes nothing they were told (the count stays
+            # one; its age they work out from the note's interval), so the dispatch
+            # thread sleeps on: at 25 fps with a busy worker, most frames are these.
+            router.dispatch.wake()
+        else:  # superseded before any worker asked for it
             router.drop(old.seq, old.item.pts, old.ts, "busy")
         return True
 
