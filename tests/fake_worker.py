@@ -42,8 +42,11 @@ class ScriptedWorker:
         if not self.sock.poll(timeout_ms):
             return None
         msg = decode(self.sock.recv_multipart())
-        assert isinstance(msg, (Task, Ready)), msg
-        (self.tasks if isinstance(msg, Task) else self.ready).append(msg)
+        if isinstance(msg, Task):
+            self.tasks.append(msg)
+        else:
+            assert isinstance(msg, Ready), msg
+            self.ready.append(msg)
         return msg
 
     def recv_task(self, timeout_s: float = 10.0) -> Task:
