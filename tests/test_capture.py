@@ -255,6 +255,68 @@ def test_drain_runs_after_stop_and_names_what_a_leaving_worker_held(wires: Wires
     assert dropped == dict.fromkeys(range(2, eos.frames), "shutdown"), dropped
 
 
+class RealtimeClip(FakeCamera):
+    """A file read in real time: ``frames`` frames, then the end (``ended`` is set)."""
+
+    def __init__(self, frames: int) -> None:
+        super().__init__(frames, threading.Event())
+        self.ended = threading.Event()
+
+    def open(self) -> SourceInfo:
+        return SourceInfo(fps=25.0, width=self.w, height=self.h, total_frames=self.frames)
+
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        if self.i >= self.frames:
+            self.ended.set()
+            return None
+        return super().read()
+
+
+def test_a_live_streams_last_frame_still_goes_to_a_worker_after_the_source_ended(
+    wires: Wires,
+) -> None:
+    """A realtime file's last frame waits at the end for a connected worker's next grant
+    (here granted only after the source ended), instead of being dropped as ``busy``."""
+    clip = RealtimeClip(5)
+    settings = CaptureSettings(stream="clip", url="clip.mp4", kind="file", policy="drop",
+                               realtime=True)
+    cap = Capture(settings, clip, wires.links, threading.Event())
+    worker = wires.worker(capacity=1)
+    worker.hello()  # connected, but its request stays busy until the clip has ended
+    thread = threading.Thread(target=cap.run)
+    thread.start()
+    assert clip.ended.wait(10)
+    time.sleep(0.3)  # the capture is in its end-of-stream drain by now
+    worker.grant(1)
+    task = worker.recv_task()
+    worker.done(task.seq)
+    thread.join(10)
+    assert not thread.is_alive()
+    msgs = wires.received()
+    (eos,) = [m for m in msgs if isinstance(m, Eos)]
+    dropped = {m.seq: m.reason for m in msgs if isinstance(m, Drop)}
+    assert (eos.frames, eos.reason) == (5, "end")
+    assert task.seq == 4, "the newest frame, the last one"
+    assert dropped == dict.fromkeys(range(4), "busy"), dropped
+
+
+def test_a_live_stream_with_no_worker_ends_without_waiting_for_one(wires: Wires) -> None:
+    """With no worker connected, the end drops the last frame as ``busy`` at once."""
+    clip = RealtimeClip(5)
+    settings = CaptureSettings(stream="clip", url="clip.mp4", kind="file", policy="drop",
+                               realtime=True)
+    cap = Capture(settings, clip, wires.links, threading.Event())
+    thread = threading.Thread(target=cap.run)
+    thread.start()
+    assert clip.ended.wait(10)
+    ended_at = time.monotonic()
+    thread.join(10)
+    assert time.monotonic() - ended_at < 1.0, "waited for a worker nobody runs"
+    msgs = wires.received()
+    dropped = {m.seq: m.reason for m in msgs if isinstance(m, Drop)}
+    assert dropped == dict.fromkeys(range(5), "busy"), dropped
+
+
 # --------------------------------------------------------------------------- files, folders
 
 

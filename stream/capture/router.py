@@ -182,11 +182,13 @@ class Router:
         """At the end of a stream: wait until workers finished (or lost) every frame.
 
         Bounded by ``timeout_s`` and, once stop is set (also before the call), by
-        :data:`STOP_DRAIN_S`. A live frame no worker took is dropped as ``busy``; a
-        lossless one still unsent at the deadline as ``shutdown``. Stops the dispatch
-        thread.
+        :data:`STOP_DRAIN_S`. A live stream's newest frame (a realtime file's last one) is
+        still offered to the workers, as any frame is, when a worker is connected and stop
+        is not set; if none takes it by the deadline, it is dropped as ``busy``. A
+        lossless frame still unsent at the deadline is dropped as ``shutdown``. Stops the
+        dispatch thread.
         """
-        if self.frames.live:
+        if self.frames.live and (self.stop.is_set() or not self._has_workers()):
             self._drop_unsent("busy")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         stop_deadline: float | None = None
@@ -203,6 +205,11 @@ class Router:
         self.dispatch.close()
         self.pump()
         self._drop_unsent("busy" if self.frames.live else "shutdown")
+
+    def _has_workers(self) -> bool:
+        """A worker is connected (as of a settled moment of the dispatch thread)."""
+        with self.dispatch.lock:
+            return bool(self.dispatcher.workers)
 
     def _drop_unsent(self, why: str) -> None:
         for left in self.frames.clear():
