@@ -84,7 +84,20 @@ def run_and_kill(cfg: Path, log: EventLog, labels_first: int, role: str,
         await_labels(log, run, labels_first)
         (victim,) = role_pids(run.pid, role)
         os.kill(victim, signal.SIGKILL)
-        out, err = run.communicate(timeout=timeout)
+        try:
+            out, err = run.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # A hang: stop it (SIGTERM: the roles say where they stand as they stop) and
+            # fail with what the run said, so a hang can be told apart from a slow run.
+            run.terminate()
+            try:
+                out, err = run.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                run.kill()
+                out, err = run.communicate(timeout=15)
+            raise AssertionError(f"stream run did not exit within {timeout:.0f} s of the "
+                                 f"kill; stdout:\n{out[-2000:]}\nstderr:\n{err[-6000:]}"
+                                 ) from None
     finally:
         reap(run)
     return run.returncode, out, err
