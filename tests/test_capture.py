@@ -272,20 +272,31 @@ class RealtimeClip(FakeCamera):
         return super().read()
 
 
+def start_realtime_clip(
+    wires: Wires, frames: int, worker: bool,
+) -> tuple[RealtimeClip, threading.Thread, ScriptedWorker | None]:
+    """A live (``drop``) capture of a :class:`RealtimeClip` running on a thread, with a
+    scripted worker connected first (said hello, granted nothing) when ``worker``."""
+    clip = RealtimeClip(frames)
+    settings = CaptureSettings(stream="clip", url="clip.mp4", kind="file", policy="drop",
+                               realtime=True)
+    cap = Capture(settings, clip, wires.links, threading.Event())
+    scripted = wires.worker(capacity=1) if worker else None
+    if scripted is not None:
+        scripted.hello()
+    thread = threading.Thread(target=cap.run)
+    thread.start()
+    return clip, thread, scripted
+
+
 def test_a_live_streams_last_frame_still_goes_to_a_worker_after_the_source_ended(
     wires: Wires,
 ) -> None:
     """A realtime file's last frame waits at the end for a connected worker's next grant
     (here granted only after the source ended), instead of being dropped as ``busy``."""
-    clip = RealtimeClip(5)
-    settings = CaptureSettings(stream="clip", url="clip.mp4", kind="file", policy="drop",
-                               realtime=True)
-    cap = Capture(settings, clip, wires.links, threading.Event())
-    worker = wires.worker(capacity=1)
-    worker.hello()  # connected, but its request stays busy until the clip has ended
-    thread = threading.Thread(target=cap.run)
-    thread.start()
-    assert clip.ended.wait(10)
+    # the worker is connected, but its request stays busy until the clip has ended
+    clip, thread, worker = start_realtime_clip(wires, 5, worker=True)
+    assert worker is not None and clip.ended.wait(10)
     time.sleep(0.3)  # the capture is in its end-of-stream drain by now
     worker.grant(1)
     task = worker.recv_task()
@@ -302,12 +313,7 @@ def test_a_live_streams_last_frame_still_goes_to_a_worker_after_the_source_ended
 
 def test_a_live_stream_with_no_worker_ends_without_waiting_for_one(wires: Wires) -> None:
     """With no worker connected, the end drops the last frame as ``busy`` at once."""
-    clip = RealtimeClip(5)
-    settings = CaptureSettings(stream="clip", url="clip.mp4", kind="file", policy="drop",
-                               realtime=True)
-    cap = Capture(settings, clip, wires.links, threading.Event())
-    thread = threading.Thread(target=cap.run)
-    thread.start()
+    clip, thread, _ = start_realtime_clip(wires, 5, worker=False)
     assert clip.ended.wait(10)
     ended_at = time.monotonic()
     thread.join(10)
