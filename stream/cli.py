@@ -284,7 +284,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
         cfg = config_from_dict(data, "--http")
     stop = _role_stop(args)
     with heartbeat("sink", "sink"):
-        return run_sink(cfg, stop, run_forever=args.forever, name=args.name)
+        return run_sink(cfg, stop, run_forever=args.forever, name=args.name,
+                        ready_fd=args.ready_fd)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -386,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "here (default: the config's sink.http, else off); off = none. "
                          "Captures send full frames only when THEIR config sets sink.http or "
                          "sink.output_dir: set sink.http in the shared config instead")
+    # Internal, for `stream run`: a pipe to say "ready" on once the sockets are bound.
+    sk.add_argument("--ready-fd", type=int, metavar="FD", help=argparse.SUPPRESS)
     sk.set_defaults(func=cmd_sink)
 
     val = sub.add_parser("validate", help="check a deployment YAML and summarise it")

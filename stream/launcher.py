@@ -1,10 +1,12 @@
 """``stream run``: start every role of a deployment on this machine and stop them cleanly.
 
 Order matters. The sink starts first (it binds the inbox and the events socket), then the
-workers, then the captures. At the end the captures finish first (each sends ``eos``), the
-sink drains and exits once every frame is accounted for, and only then are the workers
-stopped. On Ctrl-C/SIGTERM the same order is forced: captures are told to stop, the sink
-gets a bounded time to drain, then everything left is terminated → killed.
+workers; the captures start once the sink says it is bound (a pipe, ``--ready-fd``), so the
+first labels come after the events socket is up, not in a burst at its start that a
+subscriber waiting for the sink would miss. At the end the captures finish first (each sends
+``eos``), the sink drains and exits once every frame is accounted for, and only then are the
+workers stopped. On Ctrl-C/SIGTERM the same order is forced: captures are told to stop, the
+sink gets a bounded time to drain, then everything left is terminated → killed.
 
 Children run as ``python -m stream <role> -`` with the config (secrets expanded) written to
 their stdin, never on the command line where ``ps`` would show it.
@@ -21,6 +23,7 @@ anything starts, with the flag that fixes it.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -34,13 +37,15 @@ import zmq
 
 from stream.config import StreamConfig, config_from_dict
 from stream.errors import ConfigError
-from stream.runtime import spawn_role, stop_process
+from stream.runtime import spawn_role, stop_process, wait_ready
 from stream.transport import Sockets
 
 log = logging.getLogger(__name__)
 
 IPC_PATH_MAX = 100
 """Longest ipc:// socket path we make (the kernel's limit for a Unix socket is 107 bytes)."""
+SINK_READY_S = 30.0
+"""A sink not bound after this long: the captures start anyway (with a warning)."""
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -145,16 +150,26 @@ def run_all(cfg: StreamConfig, stop: threading.Event, log_level: str = "INFO") -
 def _run(cfg: StreamConfig, stop: threading.Event, log_level: str) -> int:
     cfg_json = cfg.model_dump_json()
     common = ["--log-level", log_level]
-    sink = spawn_role(["sink", "-", *common], cfg_json, "sink")
+    ready, ready_w = os.pipe()
+    try:
+        sink = spawn_role(["sink", "-", "--ready-fd", str(ready_w), *common], cfg_json, "sink",
+                          pass_fds=(ready_w,))
+    except BaseException:
+        os.close(ready)
+        raise
+    finally:
+        os.close(ready_w)
     workers: list[subprocess.Popen[bytes]] = []
     captures: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for i in range(cfg.workers.count):
             workers.append(spawn_role(["worker", "-", "--name", f"worker-{i}", *common],
                                       cfg_json, f"worker-{i}"))
-        for src in cfg.sources:
-            captures[src.id] = spawn_role(["capture", "-", "--source", src.id, *common],
-                                          cfg_json, f"capture {src.id}")
+        # The workers load their model meanwhile; they get no work before a capture starts.
+        if _sink_ready(sink, ready, stop):
+            for src in cfg.sources:
+                captures[src.id] = spawn_role(["capture", "-", "--source", src.id, *common],
+                                              cfg_json, f"capture {src.id}")
     except BaseException:
         for proc in [*captures.values(), *workers, sink]:
             stop_process(proc, "child", timeout=5.0)
@@ -184,7 +199,7 @@ def _run(cfg: StreamConfig, stop: threading.Event, log_level: str) -> int:
         # (up to 5 s): give it that before killing it.
         for sid, proc in captures.items():
             stop_process(proc, f"capture {sid}", timeout=10.0)
-        if sink.poll() is None and captures_done_at is None:
+        if sink.poll() is None and captures and captures_done_at is None:
             try:
                 sink.wait(timeout=15.0)
             except subprocess.TimeoutExpired:
@@ -196,6 +211,25 @@ def _run(cfg: StreamConfig, stop: threading.Event, log_level: str) -> int:
         for sid, proc in captures.items():
             stop_process(proc, f"capture {sid}", timeout=2.0)
     return exit_code(code, {sid: p.returncode for sid, p in captures.items()}, sink_code)
+
+
+def _sink_ready(sink: subprocess.Popen[bytes], fd: int, stop: threading.Event) -> bool:
+    """Wait for the sink to bind its sockets before any capture starts (closes ``fd``).
+
+    Started together, a capture and a worker could label the first frames before the sink
+    binds: the sink would then publish them in one burst at its start, before a subscriber
+    that was waiting for it had (re)connected, and that subscriber would miss them.
+
+    Returns:
+        True to start the captures: the sink is ready, or still not after
+        :data:`SINK_READY_S` (then as before, with a warning). False when the sink exited
+        first (its own error says why) or ``stop`` was set.
+    """
+    state = wait_ready(sink, fd, stop, SINK_READY_S)
+    if state == "timeout":
+        log.warning("the sink is not ready after %.0f s: starting the captures anyway",
+                    SINK_READY_S)
+    return state in ("ready", "timeout")
 
 
 def exit_code(code: int, captures: dict[str, int | None], sink_code: int | None) -> int:

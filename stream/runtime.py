@@ -7,13 +7,16 @@ of stream is an explicit message sent in ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
+import select
 import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from types import FrameType
 
@@ -83,22 +86,68 @@ def stop_process(proc: subprocess.Popen[bytes], name: str, timeout: float = 5.0)
     return proc.returncode
 
 
-def spawn_role(argv: Sequence[str], config_json: str, name: str) -> subprocess.Popen[bytes]:
+def spawn_role(argv: Sequence[str], config_json: str, name: str,
+               pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     """Start ``python -m stream <argv>`` with the config on its stdin (never on argv/env).
 
     Children get their own session, so a Ctrl-C on the terminal reaches only the parent,
-    which then stops them in order (captures first, so the sink can drain).
+    which then stops them in order (captures first, so the sink can drain). ``pass_fds``
+    stay open in the child under the same numbers (the sink's ``--ready-fd`` pipe).
     """
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream", *argv],
         stdin=subprocess.PIPE,
         start_new_session=True,
+        pass_fds=tuple(pass_fds),
     )
     assert proc.stdin is not None
     proc.stdin.write(config_json.encode())
     proc.stdin.close()
     log.debug("started %s (pid %d)", name, proc.pid)
     return proc
+
+
+def signal_ready(fd: int | None) -> None:
+    """Tell the process that started this role that its sockets are bound: one line on the
+    pipe it passed (``--ready-fd``), then close it. No pipe (a role started by hand): nothing.
+
+    A parent that is already gone is not an error: the role carries on.
+    """
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"ready\n")
+    except OSError as exc:
+        log.debug("could not say ready on fd %d: %s", fd, exc)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], fd: int, stop: threading.Event,
+               timeout_s: float) -> str:
+    """Wait until the child ``proc`` says ready on the pipe ``fd`` (see :func:`signal_ready`).
+
+    Returns ``"ready"``; ``"exited"`` when the pipe closed without it (the child ended, e.g.
+    it could not bind); ``"stopped"`` when ``stop`` was set; ``"timeout"`` after
+    ``timeout_s``. Closes ``fd`` in every case.
+    """
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            # The child's own exit is checked too: a process it started could hold the pipe.
+            exited = proc.poll() is not None
+            readable, _, _ = select.select([fd], [], [], 0 if exited else min(0.2, left))
+            if readable:
+                return "ready" if os.read(fd, 64) else "exited"
+            if exited:
+                return "exited"
+        return "stopped"
+    finally:
+        os.close(fd)
 
 
 def watch_parent(stop: threading.Event, interval_s: float = 0.5) -> None:

@@ -8,8 +8,10 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -61,6 +63,10 @@ def test_two_runs_on_one_machine_both_label_every_frame(
         code, _, err = _finish(procs[name], RUN_TIMEOUT)
         assert code == 0, err[-3000:]
         assert "Address already in use" not in err
+        # the captures start once the sink is bound (its ready line), so none logs before it
+        lines = err.splitlines()
+        bound = next(i for i, ln in enumerate(lines) if " INFO label events on " in ln)
+        assert all(" capture[" not in ln for ln in lines[:bound]), err[-3000:]
         logs[name].wait_for(lambda name=name, n=n: len(logs[name].seqs(name)) >= n, 5,
                             f"{n} label events of {name}")
         assert logs[name].seqs(name) == list(range(n))
@@ -167,24 +173,101 @@ def test_exit_code_mapping(caplog: pytest.LogCaptureFixture, captures: dict[str,
         assert said in caplog.text
 
 
+# Real child processes stand in for the roles (the seam is `spawn_role`). A fake sink says
+# ready the way the real one does: a line on the pipe named after --ready-fd.
+SAY_READY = "import os, sys; os.write(int(sys.argv[1]), b'ready\\n')"
+
+
+class FakeRoles:
+    """`spawn_role` for the launcher tests: runs ``script[role]`` (the sink's gets its ready
+    fd as argv[1]) and records, per role, whether the sink's marker file existed at spawn."""
+
+    def __init__(self, script: dict[str, str], marker: Path | None = None) -> None:
+        self.script = script
+        self.marker = marker
+        self.spawned: list[tuple[str, bool]] = []  # (role, sink ready at that moment)
+
+    def __call__(self, argv: list[str], config_json: str, name: str,
+                 pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
+        role = argv[0]
+        self.spawned.append((role, self.marker is not None and self.marker.exists()))
+        extra = [argv[argv.index("--ready-fd") + 1]] if role == "sink" else []
+        return subprocess.Popen([sys.executable, "-c", self.script[role], *extra],
+                                pass_fds=pass_fds)
+
+    def roles(self) -> list[str]:
+        return [role for role, _ in self.spawned]
+
+
+def _one_source_config() -> Any:
+    return config_from_dict({"sources": [{"id": "a", "url": "a.mp4"}],
+                             "sink": {"events": f"tcp://127.0.0.1:{find_free_port_base(1)}"}})
+
+
 @pytest.mark.timeout(60)
 def test_a_sink_exiting_1_makes_run_exit_1(monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    """Real child processes stand in for the roles (the seam is `spawn_role`): the sink says
-    an output failed (exit 1, issue item 11) after the captures ended normally."""
-    script = {"sink": "import sys, time; time.sleep(0.5); sys.exit(1)",
-              "capture": "import sys; sys.exit(0)",
-              "worker": "import time; time.sleep(60)"}
-
-    def fake_spawn(argv: list[str], config_json: str, name: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-c", script[argv[0]]])
-
-    monkeypatch.setattr(launcher, "spawn_role", fake_spawn)
-    cfg = config_from_dict({"sources": [{"id": "a", "url": "a.mp4"}],
-                            "sink": {"events": f"tcp://127.0.0.1:{find_free_port_base(1)}"}})
+    """The sink says an output failed (exit 1, issue item 11) after the captures ended
+    normally."""
+    roles = FakeRoles({"sink": f"{SAY_READY}; import time; time.sleep(0.5); sys.exit(1)",
+                       "capture": "import sys; sys.exit(0)",
+                       "worker": "import time; time.sleep(60)"})
+    monkeypatch.setattr(launcher, "spawn_role", roles)
     with caplog.at_level("ERROR", logger="stream.launcher"):
-        assert launcher.run_all(cfg, threading.Event()) == 1
+        assert launcher.run_all(_one_source_config(), threading.Event()) == 1
     assert "the sink exited 1: an output failed" in caplog.text
+    assert sorted(roles.roles()) == ["capture", "sink", "worker"]
+
+
+@pytest.mark.timeout(60)
+def test_captures_start_only_once_the_sink_is_bound(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """The workers start beside the sink (their model loads meanwhile); the captures only
+    after the sink said ready, here 1 s after its start: before it, a capture and a worker
+    could label frames the sink then publishes in one burst as it binds, before a waiting
+    subscriber has joined (the bench's subscriber once missed 32 of 50 that way)."""
+    marker = tmp_path / "sink-ready"
+    sink = (f"import os, sys, time; time.sleep(1.0); open({str(marker)!r}, 'w').close(); "
+            "os.write(int(sys.argv[1]), b'ready\\n'); time.sleep(1.0)")
+    roles = FakeRoles({"sink": sink, "capture": "import sys; sys.exit(0)",
+                       "worker": "import time; time.sleep(60)"}, marker)
+    monkeypatch.setattr(launcher, "spawn_role", roles)
+    assert launcher.run_all(_one_source_config(), threading.Event()) == 0
+    assert roles.spawned == [("sink", False), ("worker", False), ("capture", True)]
+
+
+@pytest.mark.timeout(60)
+def test_a_sink_that_fails_before_ready_starts_no_capture(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A sink that cannot start (exit 2: e.g. its output folder is read-only) ends the run
+    with its code at once: no capture is started for nothing."""
+    roles = FakeRoles({"sink": "import sys, time; time.sleep(0.3); sys.exit(2)",
+                       "capture": "import sys; sys.exit(0)",
+                       "worker": "import time; time.sleep(60)"})
+    monkeypatch.setattr(launcher, "spawn_role", roles)
+    t0 = time.monotonic()
+    with caplog.at_level("ERROR", logger="stream.launcher"):
+        assert launcher.run_all(_one_source_config(), threading.Event()) == 2
+    assert roles.roles() == ["sink", "worker"]
+    assert "the sink failed (exit 2)" in caplog.text
+    assert time.monotonic() - t0 < 10  # the worker stopped at once (terminate), no drain
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_while_the_sink_starts_ends_the_run_without_captures(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C before the sink is ready: nothing waits for a drain of streams that never
+    started (the sink's 15 s drain wait is for captures that sent their eos)."""
+    roles = FakeRoles({"sink": "import time; time.sleep(60)",
+                       "capture": "import sys; sys.exit(0)",
+                       "worker": "import time; time.sleep(60)"})
+    monkeypatch.setattr(launcher, "spawn_role", roles)
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    t0 = time.monotonic()
+    launcher.run_all(_one_source_config(), stop)
+    assert roles.roles() == ["sink", "worker"]
+    assert time.monotonic() - t0 < 10
 
 
 def test_private_dir_is_removed_even_on_error() -> None:

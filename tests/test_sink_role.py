@@ -6,6 +6,11 @@ capture and a worker would), so each count is the test's own.
 
 from __future__ import annotations
 
+import os
+import select
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -139,3 +144,30 @@ def test_a_stream_without_end_of_stream_reports_captured_unknown(
     row = next(line.split() for line in text.splitlines() if line.startswith("cam "))
     assert row[1:3] == ["?", str(N)]
     assert "cam: captured: unknown, no end-of-stream from capture" in text
+
+
+def test_stream_sink_says_ready_on_its_pipe_once_its_sockets_are_bound(tmp_path: Path) -> None:
+    """`stream run` starts the captures when the sink says ready on `--ready-fd`: by then
+    the inbox and the events socket must accept connections (a real `stream sink`)."""
+    cfg = config(tmp_path / "out", ["a"])
+    path = tmp_path / "sink.json"  # JSON is YAML
+    path.write_text(cfg.model_dump_json(), encoding="utf-8")
+    ready, ready_w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream", "sink", str(path), "--ready-fd", str(ready_w)],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(ready_w,))
+    os.close(ready_w)
+    try:
+        assert select.select([ready], [], [], 60)[0], "no ready line within 60 s"
+        assert os.read(ready, 64) == b"ready\n"
+        assert proc.poll() is None
+        for endpoint in (cfg.sink.events, cfg.transport.sink):
+            port = int(endpoint.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass  # bound and listening: a refused connection would raise here
+        assert os.read(ready, 64) == b""  # said once, then closed
+    finally:
+        os.close(ready)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert b"label events on" in err

@@ -33,7 +33,7 @@ import zmq
 from stream.config import StreamConfig
 from stream.health import beat
 from stream.protocol import Drop, Eos, Frame, Hello, Message, Result, Status
-from stream.runtime import CpuMeter
+from stream.runtime import CpuMeter, signal_ready
 from stream.sink.feed import OutputFeed, Runner
 from stream.sink.intake import Intake, Refusals
 from stream.sink.ordering import Ordering, Outcome, Refused, Released, StreamOrder
@@ -285,7 +285,7 @@ def video_output(s: SinkConfig, output_dir: str) -> VideoFileOutput:
 
 
 def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False,
-             name: str | None = None) -> int:
+             name: str | None = None, ready_fd: int | None = None) -> int:
     """Wire and run the sink (``stream sink``): bind the inbox and the events socket, start
     the outputs, run the loop.
 
@@ -294,6 +294,9 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
             captures on other machines come and go to).
         name: which of the config's ``sinks[]`` this is (None: the only sink); it binds
             that entry's endpoints and waits for the streams it owns.
+        ready_fd: a pipe to say "ready" on once the sockets are bound and the outputs
+            started (``stream run`` starts the captures only then, so the first labels
+            cannot be published before a subscriber that waits for the sink has joined).
 
     Returns:
         The exit code: 0, or 1 when an output failed.
@@ -342,6 +345,7 @@ def run_sink(cfg: StreamConfig, stop: threading.Event, run_forever: bool = False
             runner.start()
         sink = Sink(settings, publisher, stop, Intake(inbox), outputs,
                     metrics=web.metrics if web is not None else None)
+        signal_ready(ready_fd)
         try:
             code = sink.run()
         finally:
