@@ -16,6 +16,7 @@ from conftest import video_frames
 
 from stream.bench.figures import (
     Raw,
+    Row,
     Run,
     fairness,
     live_ceiling,
@@ -27,6 +28,7 @@ from stream.bench.figures import (
     summary_row,
     worker_settings,
 )
+from stream.bench.runs import _labels_per_s as labels_per_s
 from stream.bench.suite import Options, run_bench
 from stream.runtime import CpuMeter
 
@@ -107,6 +109,16 @@ def test_steady_latency_leaves_out_each_streams_first_second() -> None:
     assert steady == [30.0, 31.0, 33.0] and worst == 170.0
     assert steady_latency(labels, warmup_s=0.0) == ([v for _, _, v in labels], None)
     assert steady_latency([]) == ([], None)
+
+
+def test_labels_per_s_prefers_the_subscribers_arrivals_then_the_sinks_rate() -> None:
+    arrivals = [10.0 + i / 20 for i in range(21)]  # 21 labels over 1 s: 20/s
+    assert labels_per_s(Row(40, 40, 0, 25.0), arrivals) == pytest.approx(20.0)
+    # the subscriber got under half the labels: the sink's rate, scaled to the labelled
+    assert labels_per_s(Row(100, 60, 40, 25.0), arrivals[:5]) == pytest.approx(15.0)
+    # a run too short for the sink's rate (0.0): what the subscriber got, however few
+    assert labels_per_s(Row(50, 50, 0, 0.0), arrivals[:5]) == pytest.approx(20.0)
+    assert labels_per_s(Row(50, 50, 0, 0.0), arrivals[:1]) == 0.0
 
 
 class FakeBackend:

@@ -27,6 +27,7 @@ import numpy as np
 
 from stream.bench.figures import (
     Raw,
+    Row,
     Run,
     percentile,
     role_cpu,
@@ -211,9 +212,15 @@ class _Listener:
     """A subscriber thread that times every label event's arrival against its ``ts``."""
 
     def __init__(self, endpoint: str) -> None:
+        import zmq
+
         from stream.events import Subscriber
 
-        self.sub = Subscriber(endpoint, types=["label"])
+        # Connected before the run starts: retrying every 10 ms (ZMQ's default is 100) joins
+        # the sink within milliseconds of its bind, well before its first label.
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.ctx.setsockopt(zmq.RECONNECT_IVL, 10)
+        self.sub = Subscriber(endpoint, types=["label"], ctx=self.ctx)
         self.labels: list[tuple[str, float, float]] = []  # (stream, arrival, latency ms)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="bench-subscriber",
@@ -236,6 +243,7 @@ class _Listener:
         self.stop.set()
         self.thread.join(5)
         self.sub.close()
+        self.ctx.term()
 
 
 def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int = 1,
@@ -272,17 +280,18 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
     finally:
         listener.close()
     (workdir / f"{name.replace(' ', '-')}.log").write_text(res.stdout + res.stderr)
-    rows = {sid: summary_row(res.stdout, sid) for sid in ids}
-    if res.returncode != 0 or any(r is None for r in rows.values()):
+    found = {sid: summary_row(res.stdout, sid) for sid in ids}
+    rows = {sid: r for sid, r in found.items() if r is not None}
+    if res.returncode != 0 or len(rows) < len(ids):
         tail = " | ".join(res.stderr.strip().splitlines()[-4:])
         raise RuntimeError(f"stream run ({name}) failed with exit {res.returncode}: {tail}")
     cpu, startup, stages = role_cpu(res.stderr)
     precision, resolved = worker_settings(res.stderr)
     per_stream = {sid: _labels_per_s(row, [t for s, t, _ in listener.labels if s == sid])
                   for sid, row in rows.items()}
-    labelled = sum(r.labelled for r in rows.values() if r)
+    labelled = sum(r.labelled for r in rows.values())
     frames = sum((r.captured if r.captured is not None else r.labelled + r.dropped)
-                 for r in rows.values() if r)
+                 for r in rows.values())
     latency, warmup = steady_latency(listener.labels)
     return Run(name, labelled, frames, sum(per_stream.values()), cpu, stages,
                precision, resolved or hint,
@@ -292,10 +301,14 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
                warmup_ms=warmup if live else None)
 
 
-def _labels_per_s(row: Any, arrivals: Sequence[float]) -> float:
+def _labels_per_s(row: Row, arrivals: Sequence[float]) -> float:
     """Label events per second, first to last, as the subscriber received them (steady
-    state: start-up is not counted); the sink's own rate if the subscriber got too few."""
-    if len(arrivals) >= max(10, row.labelled // 2) and arrivals[-1] > arrivals[0]:
+    state: start-up is not counted); the sink's own rate if the subscriber got too few,
+    and the few it got when the sink has no rate either (a run under its 0.5 s)."""
+    spread = len(arrivals) >= 2 and arrivals[-1] > arrivals[0]
+    if spread and len(arrivals) >= max(10, row.labelled // 2):
         return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     done = row.labelled + row.dropped
-    return float(row.fps * row.labelled / done) if done else 0.0
+    if row.fps > 0 and done:
+        return float(row.fps * row.labelled / done)
+    return (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if spread else 0.0
