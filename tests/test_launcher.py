@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,10 @@ def _popen(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "stream", *args], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL)
+
+
+def _has_labels(log: EventLog, stream: str, n: int) -> bool:
+    return len(log.seqs(stream)) >= n
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
@@ -67,9 +72,9 @@ def test_two_runs_on_one_machine_both_label_every_frame(
         lines = err.splitlines()
         bound = next(i for i, ln in enumerate(lines) if " INFO label events on " in ln)
         assert all(" capture[" not in ln for ln in lines[:bound]), err[-3000:]
-        logs[name].wait_for(lambda name=name, n=n: len(logs[name].seqs(name)) >= n, 5,
-                            f"{n} label events of {name}")
-        assert logs[name].seqs(name) == list(range(n))
+        log = logs[name]
+        log.wait_for(partial(_has_labels, log, name, n), 5, f"{n} label events of {name}")
+        assert log.seqs(name) == list(range(n))
 
 
 @pytest.mark.timeout(60)
