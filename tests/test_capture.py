@@ -255,6 +255,39 @@ def test_drain_runs_after_stop_and_names_what_a_leaving_worker_held(wires: Wires
     assert dropped == dict.fromkeys(range(2, eos.frames), "shutdown"), dropped
 
 
+def test_a_lossless_end_waiting_on_workers_says_what_it_waits_for(
+        wires: Wires, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file's end waits, with no deadline, until every frame is labelled; while it waits
+    it says for how many frames and whether any worker is connected."""
+    monkeypatch.setattr("stream.capture.router.DRAIN_NOTE_S", 0.2)
+
+    class Clip(FakeCamera):
+        def open(self) -> SourceInfo:
+            return SourceInfo(fps=25.0, width=self.w, height=self.h, total_frames=3)
+
+    settings = CaptureSettings(stream="clip", url="clip.mp4", kind="file", policy="wait")
+    cap = Capture(settings, Clip(3, threading.Event()), wires.links, threading.Event())
+    worker = wires.worker(capacity=4)
+    thread = threading.Thread(target=cap.run)
+    with caplog.at_level("WARNING", logger="stream.capture.router"):
+        thread.start()
+        assert [t.seq for t in worker.take(3)] == [0, 1, 2]
+        time.sleep(0.8)  # the worker holds all three: the end waits, and says so
+        assert thread.is_alive()
+        worker.done(0, 1, 2)
+        thread.join(10)
+    assert not thread.is_alive()
+    notes = [r.getMessage() for r in caplog.records if "the source has ended" in r.message]
+    assert notes, caplog.text
+    assert ("clip: the source has ended; waiting for workers to label 3 frame(s) they hold "
+            "and 0 not yet taken (workers connected: 1)") in notes[0]
+    msgs = wires.received()
+    assert not [m for m in msgs if isinstance(m, Drop)]  # waited: every frame labelled
+    (eos,) = [m for m in msgs if isinstance(m, Eos)]
+    assert eos.frames == 3 and eos.reason == "end"
+
+
 class RealtimeClip(FakeCamera):
     """A file read in real time: ``frames`` frames, then the end (``ended`` is set)."""
 

@@ -45,6 +45,9 @@ FINAL_SEND_S = 5.0
 """Deadline for the final status and ``eos``, whatever the stop flag."""
 STOP_DRAIN_S = 2.0
 """After stop, how long the end of a stream still waits for workers' last frames."""
+DRAIN_NOTE_S = 10.0
+"""The end of a stream that has waited this long for workers says what for (again every
+period): a lossless stream waits until every frame is labelled, with no deadline but stop."""
 
 
 class Router:
@@ -192,8 +195,12 @@ class Router:
             self._drop_unsent("busy")
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         stop_deadline: float | None = None
+        noted = time.monotonic()
         while self.dispatch.started and not self.dispatch.idle():
             now = time.monotonic()
+            if now - noted >= DRAIN_NOTE_S:
+                noted = now
+                self._note_drain()
             if stop_deadline is None and self.stop.is_set():
                 stop_deadline = now + STOP_DRAIN_S
                 deadline = stop_deadline if deadline is None else min(deadline, stop_deadline)
@@ -205,6 +212,13 @@ class Router:
         self.dispatch.close()
         self.pump()
         self._drop_unsent("busy" if self.frames.live else "shutdown")
+
+    def _note_drain(self) -> None:
+        held, ready, workers = self.dispatch.outstanding()
+        log.warning("%s: the source has ended; waiting for workers to label %d frame(s) "
+                    "they hold and %d not yet taken (workers connected: %d); stopping the "
+                    "capture (SIGTERM, Ctrl-C) ends it now and drops them as shutdown",
+                    self.s.stream, held, ready, workers)
 
     def _has_workers(self) -> bool:
         """A worker is connected (as of a settled moment of the dispatch thread)."""

@@ -207,6 +207,13 @@ class DispatchThread:
         with self.lock:
             return not self.dispatcher.inflight and not self.dispatcher.supply.ready()
 
+    def outstanding(self) -> tuple[int, int, int]:
+        """(frames held by workers, frames ready for them, workers connected), as of a
+        settled moment: what the end of a stream is still waiting for."""
+        with self.lock:
+            d = self.dispatcher
+            return d.inflight, d.supply.ready(), len(d.workers)
+
     def take_lost(self) -> list[tuple[Task, bool]]:
         """Tasks of lost workers since the last call, with whether they are being re-sent."""
         out: list[tuple[Task, bool]] = []
