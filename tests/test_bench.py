@@ -18,6 +18,7 @@ from stream.bench.figures import (
     Raw,
     Row,
     Run,
+    benchmark_app_figures,
     fairness,
     live_ceiling,
     percentile,
@@ -121,13 +122,38 @@ def test_labels_per_s_prefers_the_subscribers_arrivals_then_the_sinks_rate() -> 
     assert labels_per_s(Row(50, 50, 0, 0.0), arrivals[:1]) == 0.0
 
 
+_BENCHMARK_APP_TAIL = """\
+[ INFO ]   INFERENCE_PRECISION_HINT: <Type: 'bfloat16'>
+[ INFO ] Count:            15422 iterations
+[ INFO ] Duration:         1000.16 ms
+[ INFO ] Latency:
+[ INFO ]    Median:        {median}
+[ INFO ]    Average:       86.11 us
+[ INFO ] Throughput:   15419.48 FPS
+"""
+
+
+@pytest.mark.parametrize("median, ms", [("84.47 us", 0.08447), ("119.30 ms", 119.3)])
+def test_benchmark_app_output_in_either_latency_unit(median: str, ms: float) -> None:
+    # benchmark_app switches to us when the mean request takes under a millisecond
+    # (a light IR); ms read as us would make every latency ratio 1000x off
+    got = benchmark_app_figures("THROUGHPUT", _BENCHMARK_APP_TAIL.format(median=median))
+    assert got is not None
+    assert (got.fps, got.precision) == (15419.48, "bfloat16")
+    assert got.median_ms == pytest.approx(ms)
+    assert benchmark_app_figures("THROUGHPUT", "[ ERROR ] no such model") is None
+
+
 class FakeBackend:
     """Fixed figures, so every printed ratio is known; the trivial IR step fails."""
 
-    def __init__(self) -> None:
+    def __init__(self, default_precision: str = "f32", f32_fps: float = 21.0) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.raw_calls: list[str] = []
+        self.raw_precisions: list[str | None] = []  # what each raw call asked for
         self.clips: list[str] = []
+        self.default_precision = default_precision  # what "the device" picks
+        self.f32_fps = f32_fps  # THROUGHPUT frames/s when f32 is asked for
 
     def make_clip(self, path: Path, frames: int, size: tuple[int, int], fps: float) -> str:
         self.clips.append(path.name)
@@ -145,12 +171,15 @@ class FakeBackend:
         # THROUGHPUT drifts between the start and the end: 14 then 16 frames/s (mean 15);
         # LATENCY is 12 frames/s and its median request 70, 90, 110, ... ms, one step per
         # measurement (each live run's yardstick is the mean of the two around it)
+        self.raw_precisions.append(precision)
+        if precision == "f32" and self.default_precision != "f32":
+            return Raw(hint, self.f32_fps, 95.0, "f32", "fake")
         self.raw_calls.append(hint)
         n = self.raw_calls.count(hint)
         if hint == "LATENCY":
-            return Raw(hint, 12.0, 50.0 + 20.0 * n, "f32", "fake")
+            return Raw(hint, 12.0, 50.0 + 20.0 * n, self.default_precision, "fake")
         fps, med = (14.0, 140.0) if n == 1 else (16.0, 160.0)
-        return Raw(hint, fps, med, "f32", "fake")
+        return Raw(hint, fps, med, self.default_precision, "fake")
 
     def decode_fps(self, clip: Path) -> float:
         return 400.0
@@ -256,6 +285,46 @@ def test_skip_leaves_steps_out(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown step(s) nope" in bad.stderr
 
 
+@pytest.mark.parametrize("f32_fps, verdict", [
+    # 14 frames/s at the default: f32 at 21 is 1.50x, at 10.5 0.75x, at 14.5 1.04x
+    (21.0, "= 1.50x the default bfloat16's frames/s: f32 is the faster on this machine; "
+           "set model.precision: f32"),
+    (10.5, "= 0.75x the default bfloat16's frames/s: the default bfloat16 is the faster; "
+           "keep it"),
+    (14.5, "= 1.04x the default bfloat16's frames/s: within 5%, either will do"),
+])
+def test_a_default_precision_other_than_f32_is_weighed_against_f32(
+        tmp_path: Path, f32_fps: float, verdict: str) -> None:
+    fake = FakeBackend("bfloat16", f32_fps)
+    opts = Options("m.xml", tmp_path, skip=frozenset({"video", "live", "cameras", "tax"}))
+    text = "\n".join(render(run_bench(opts, fake)))
+    # one f32 measurement, right after the first THROUGHPUT one; every other at the default
+    assert fake.raw_precisions == [None, "f32", None]
+    assert f"THROUGHPUT at f32: {f32_fps:.2f} frames/s, median request 95.0 ms {verdict}" \
+        in text, text
+    # the pipeline's yardstick stays the default's THROUGHPUT (14 and 16: mean 15)
+    assert re.search(r"labels only\s+14\.40 labels/s = 0\.96x raw THROUGHPUT", text)
+
+
+@pytest.mark.parametrize("opts", [
+    {"precision": "bf16"},  # the user chose one: every run is at it, nothing to weigh
+    {"skip": frozenset({"precision", "video", "live", "cameras", "tax"})},
+])
+def test_no_f32_measurement_when_the_precision_is_chosen_or_skipped(
+        tmp_path: Path, opts: dict[str, Any]) -> None:
+    fake = FakeBackend("bfloat16")
+    options = Options("m.xml", tmp_path, **{"skip": frozenset({"live", "cameras", "tax"}),
+                                            **opts})
+    text = "\n".join(render(run_bench(options, fake)))
+    assert "f32" not in fake.raw_precisions and "at f32" not in text
+
+
+def test_no_f32_measurement_when_the_default_is_f32(tmp_path: Path) -> None:
+    fake = FakeBackend("f32")
+    text = "\n".join(render(run_bench(Options("m.xml", tmp_path), fake)))
+    assert fake.raw_precisions == [None] * 5 and "at f32" not in text
+
+
 def _number(pattern: str, text: str) -> float:
     m = re.search(pattern, text)
     assert m is not None, f"{pattern!r} not in:\n{text}"
@@ -276,6 +345,14 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
     assert "note:" not in out or not shutil.which("ffmpeg"), out
     assert "raw model (OpenVINO Python API), precision" in out
     assert _number(r"THROUGHPUT hint: ([\d.]+) frames/s", out) > 0
+    # at the device's default precision; if that is not f32, at f32 too (with a verdict)
+    default = re.search(r"precision (\w+):", out)
+    assert default is not None, out
+    if default[1].lower() not in ("f32", "float32"):
+        assert _number(r"THROUGHPUT at f32: ([\d.]+) frames/s", out) > 0
+        assert re.search(r"frames/s: (f32 is|the default \w+ is|within 5%)", out), out
+    else:
+        assert "at f32" not in out
     # LATENCY before the live run, between it and the cameras' run, and after that
     lat = re.search(r"LATENCY hint: +([\d., ]+) frames/s, median request ([\d., ]+) ms", out)
     assert lat is not None, out

@@ -22,7 +22,10 @@ Measure, back to back on this machine and IR, and print as ratios:
   raw model      the IR alone at the THROUGHPUT and LATENCY hints: frames/s and median
                  request latency (benchmark_app if on PATH, else OpenVINO's Python API:
                  the line says which), and the inference precision OpenVINO picked
-                 (bf16 on CPUs with AVX-512 bf16 or AMX, else f32, unless --precision)
+                 (bf16 on CPUs with AVX-512 bf16 or AMX, else f32, unless --precision).
+                 When it picked another than f32, THROUGHPUT is measured at f32 too and
+                 the line says which is the faster here: without AMX, f32 can be
+                 (set model.precision: f32 then)
   labels only    `stream run` on a generated clip (default 1280x720 H.264, 25 fps; its
                  model.hint auto -> THROUGHPUT for a file), no video written:
                  labels/s / raw THROUGHPUT frames/s
@@ -80,7 +83,8 @@ def add_bench_parser(sub: Any) -> None:
                    help="classification IR (default: convnext-tiny, built if missing)")
     p.add_argument("--device", default="CPU", help="OpenVINO device (default CPU)")
     p.add_argument("--precision", choices=["bf16", "f16", "f32"],
-                   help="inference precision for every run (default: the device's)")
+                   help="inference precision for every run (default: the device's, "
+                        "and the raw THROUGHPUT at f32 beside it)")
     p.add_argument("--workers", type=int, default=1, help="local workers (default 1)")
     p.add_argument("--frames", type=int, help="clip length in frames (default 500; "
                    "--quick 100)")

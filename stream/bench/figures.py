@@ -92,6 +92,25 @@ def steady_latency(labels: Sequence[tuple[str, float, float]], warmup_s: float =
     return steady, warmup
 
 
+_BA_FPS = re.compile(r"Throughput:\s+([\d.]+)\s+FPS")
+# benchmark_app prints latencies in us when the mean request takes under a millisecond
+_BA_MEDIAN = re.compile(r"Median:\s+([\d.]+)\s+(ms|us)\b")
+_BA_PRECISION = re.compile(r"INFERENCE_PRECISION_HINT:\s*(?:<Type: ')?(\w+)")
+
+
+def benchmark_app_figures(hint: str, stdout: str) -> Raw | None:
+    """Frames/s, median request latency (ms) and precision from ``benchmark_app``'s
+    output; None when it printed no throughput or no median."""
+    fps = _BA_FPS.search(stdout)
+    med = _BA_MEDIAN.search(stdout)
+    if fps is None or med is None:
+        return None
+    prec = _BA_PRECISION.search(stdout)
+    median_ms = float(med[1]) / (1000.0 if med[2] == "us" else 1.0)
+    return Raw(hint, float(fps[1]), median_ms, prec[1] if prec else "device default",
+               "benchmark_app")
+
+
 def worker_settings(stderr: str) -> tuple[str, str]:
     """(inference precision, hint ``auto`` resolved to) from the worker's log lines."""
     p = _PRECISION.search(stderr)
@@ -298,6 +317,40 @@ class Report:
     raw_throughput_end: Raw | None = None
     cameras: list[Live] = field(default_factory=list)  # several live sources at once
     tax_clip: str = ""  # what the framework tax ran on (the clip, or it repeated)
+    # THROUGHPUT at f32 right after the first THROUGHPUT measurement, when the device's
+    # default precision is not f32 and the user did not choose one
+    raw_f32: Raw | None = None
+
+
+F32_NAMES = ("f32", "float32")
+"""How benchmark_app and OpenVINO's Python API name f32."""
+
+PRECISION_MARGIN = 1.05
+"""f32 and the device's default precision within 5% of each other: neither is the faster."""
+
+
+def is_f32(precision: str) -> bool:
+    """The precision a raw measurement ran at is f32 (as either tool names it)."""
+    return precision.lower() in F32_NAMES
+
+
+def precision_line(default: Raw, f32: Raw) -> str:
+    """The THROUGHPUT hint at f32 against the device's default precision, measured one
+    after the other, and which to use: OpenVINO picks bf16 wherever the CPU has AVX-512
+    bf16 or AMX, but without AMX f32 can be the faster (convnext-tiny on one such Xeon:
+    25 frames/s at f32 against 16.5 at bf16, on another CPU the reverse)."""
+    gain = fraction(f32.fps, default.fps)
+    line = (f"  THROUGHPUT at f32: {f32.fps:.2f} frames/s, median request "
+            f"{f32.median_ms:.1f} ms = {ratio(f32.fps, default.fps)} the default "
+            f"{default.precision}'s frames/s")
+    if gain is None:
+        return line
+    if gain > PRECISION_MARGIN:
+        return (line + ": f32 is the faster on this machine; set model.precision: f32 "
+                "(stream bench --precision f32 measures the pipeline at it)")
+    if gain < 1 / PRECISION_MARGIN:
+        return line + f": the default {default.precision} is the faster; keep it"
+    return line + ": within 5%, either will do"
 
 
 def mean_raw(start: Raw | None, end: Raw | None) -> Raw | None:
@@ -344,6 +397,7 @@ def render(r: Report) -> list[str]:
     out = [f"model {r.model}; clip {r.clip}",
            f"raw model ({t0.tool}), precision {t0.precision}:",
            *_raw_line("THROUGHPUT hint:", t0, r.raw_throughput_end),
+           *([precision_line(t0, r.raw_f32)] if r.raw_f32 is not None else []),
            *_latency_raw_line(r.raw_latency)]
     out.append("pipeline (stream run), each figure / its yardstick:")
     for run in (r.labels_only, r.with_video):

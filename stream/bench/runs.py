@@ -29,6 +29,7 @@ from stream.bench.figures import (
     Raw,
     Row,
     Run,
+    benchmark_app_figures,
     percentile,
     role_cpu,
     steady_latency,
@@ -133,15 +134,12 @@ def _benchmark_app(exe: str, model: str, hint: str, seconds: float, device: str,
     if precision:
         cmd += ["-infer_precision", precision]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 180)
-    fps = re.search(r"Throughput:\s+([\d.]+)\s+FPS", res.stdout)
-    med = re.search(r"Median:\s+([\d.]+)\s+ms", res.stdout)
-    if res.returncode != 0 or fps is None or med is None:
+    got = benchmark_app_figures(hint, res.stdout)
+    if res.returncode != 0 or got is None:
         tail = (res.stdout + res.stderr).strip().splitlines()[-3:]
         raise ModelError(f"benchmark_app failed on {model} (exit {res.returncode}): "
                          + " | ".join(tail))
-    prec = re.search(r"INFERENCE_PRECISION_HINT:\s*(?:<Type: ')?(\w+)", res.stdout)
-    return Raw(hint, float(fps[1]), float(med[1]), prec[1] if prec else "device default",
-               "benchmark_app")
+    return got
 
 
 def _python_loop(model: str, hint: str, seconds: float, device: str,

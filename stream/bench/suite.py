@@ -1,16 +1,17 @@
 """The order of `stream bench`'s measurements, over a backend that a test can replace.
 
-Measured back to back, so the ratios compare figures of one machine state:
-raw model, THROUGHPUT → pipeline labels only → with video → raw THROUGHPUT again (the file
-runs' yardstick is the mean of the two: a shared machine drifts) → the live runs, each
+Measured back to back, so the ratios compare figures of one machine state: raw model,
+THROUGHPUT → the same at f32 when the device's default precision is another (OpenVINO's pick
+is not always the faster) → pipeline labels only → with video → raw THROUGHPUT again (the
+file runs' yardstick is the mean of the two: a shared machine drifts) → the live runs, each
 between two raw LATENCY measurements (its yardstick is the mean of the one just before and
-the one just after it: on a shared machine the model's own latency moves by a quarter
-within minutes), a live (real-time paced) source, then several live sources of a smaller
-clip, ``repeat`` times → OpenCV decode-only → pipeline with the trivial IR, labels only and
-with video (on the clip repeated to ``tax_frames``, when ffmpeg can join it: at hundreds of
+the one just after it: on a shared machine the model's own latency moves by a quarter within
+minutes), a live (real-time paced) source, then several live sources of a smaller clip,
+``repeat`` times → OpenCV decode-only → pipeline with the trivial IR, labels only and with
+video (on the clip repeated to ``tax_frames``, when ffmpeg can join it: at hundreds of
 frames/s the clip alone lasts seconds). A step that fails is reported as a note and the
-others still run: the user gets every figure that could be measured, and the reason for
-the rest.
+others still run: the user gets every figure that could be measured, and the reason for the
+rest.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from stream.bench.figures import Live, Raw, Report, Run, mean_raw
+from stream.bench.figures import Live, Raw, Report, Run, is_f32, mean_raw
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-STEPS = ("video", "live", "cameras", "tax")  # what --skip may leave out
+STEPS = ("precision", "video", "live", "cameras", "tax")  # what --skip may leave out
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,10 @@ def run_bench(opts: Options, backend: Backend,
     clip = o.workdir / "bench-clip.mp4"
     clip_text = b.make_clip(clip, o.frames, o.size, o.fps)
     raw_t = b.raw_model(o.model, "THROUGHPUT", o.raw_seconds, o.device, o.precision, o.raw_tool)
+    raw_f32 = None
+    if o.precision is None and "precision" not in o.skip and not is_f32(raw_t.precision):
+        raw_f32 = step("raw model at f32, THROUGHPUT hint", lambda: b.raw_model(
+            o.model, "THROUGHPUT", o.raw_seconds, o.device, "f32", o.raw_tool))
     common: dict[str, Any] = {"workers": o.workers, "device": o.device,
                               "precision": o.precision}
     video = decode = tax_l = tax_v = None
@@ -192,4 +197,5 @@ def run_bench(opts: Options, backend: Backend,
     return Report(o.model, clip_text, raw_t, raw_latency=raw_l,
                   labels_only=labels, with_video=video, live=live, decode_fps=decode,
                   source_fps=o.fps, tax_labels=tax_l, tax_video=tax_v, notes=notes,
-                  raw_throughput_end=raw_t_end, cameras=cams, tax_clip=tax_text)
+                  raw_throughput_end=raw_t_end, cameras=cams, tax_clip=tax_text,
+                  raw_f32=raw_f32)

@@ -86,7 +86,8 @@ class ModelConfig(Strict):
     precision: Literal["bf16", "f16", "f32"] | None = Field(
         default=None,
         description="Inference precision hint; null = device default (bf16 on CPUs with AMX "
-        "or AVX-512 bf16, else f32).",
+        "or AVX-512 bf16, else f32). Without AMX, f32 can be the faster: `stream bench` "
+        "measures both and says which.",
     )
     requests: int = Field(
         default=0,
