@@ -321,8 +321,12 @@ def run_worker(cfg: StreamConfig, stop: threading.Event, host: str | None = None
         str(path), m.device, resolve_hint(m.hint, [s.is_live() for s in cfg.sources]),
         m.precision, m.streams, m.requests)
     identity = model_identity(info.width, info.height, info.num_classes, ir_digest(path))
-    log.info("compiled %s (%s) on %s: inference precision %s", info.path, identity, m.device,
-             compiled.get_property("INFERENCE_PRECISION_HINT"))
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+    chosen = "" if m.precision is not None or "float32" in str(precision) else (
+        " (OpenVINO's default here; without AMX f32 can be the faster: `stream bench` "
+        "measures both)")
+    log.info("compiled %s (%s) on %s: inference precision %s%s", info.path, identity,
+             m.device, precision, chosen)
     # CURVE (security.key): every capture's and the sink's public key is checked.
     with Sockets(curve=Curve.from_config(cfg.security)) as sockets:
         captures: list[Socket] = []

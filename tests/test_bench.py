@@ -38,7 +38,8 @@ pytestmark = pytest.mark.timeout(120)
 STDERR = """\
 18:25:19 worker[4344] INFO model.hint auto -> THROUGHPUT (1 of 1 source(s) not live)
 18:25:19 worker[4344] INFO compiled m.xml (224x224/1000/77) on CPU: inference precision \
-<Type: 'bfloat16'>
+<Type: 'bfloat16'> (OpenVINO's default here; without AMX f32 can be the faster: `stream \
+bench` measures both)
 18:25:23 capture[4345] INFO bench: stage ms/frame: source 2.1, preprocess 1.5, \
 wait_workers 57.2, to_sink 0.1; process cpu 15.8 ms/frame over the 59 frames after the \
 first (0.91 s of CPU up to and including the first)
@@ -378,6 +379,11 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
             # after it to count (it logs "too few frames"); capture and worker always do.
             if role != "sink" or "sink " in per_frame:
                 assert _number(rf"{role} ([\d.]+)", per_frame) > 0
+    # the worker says when the precision is OpenVINO's pick rather than f32 or the user's
+    worker_log = (tmp_path / "labels-only.log").read_text()
+    assert "inference precision <Type: '" in worker_log
+    hinted = "without AMX f32 can be the faster: `stream bench` measures both" in worker_log
+    assert hinted == (default[1].lower() not in ("f32", "float32")), worker_log[-2000:]
     # the clip was really 50 frames: every file run labelled all of them
     assert out.count("(50/50 labelled") >= 2
     if shutil.which("ffmpeg"):
