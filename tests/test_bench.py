@@ -18,6 +18,7 @@ from stream.bench.figures import (
     Raw,
     Row,
     Run,
+    Steady,
     benchmark_app_figures,
     fairness,
     live_ceiling,
@@ -104,13 +105,31 @@ def test_ratios_and_percentiles() -> None:
 
 def test_steady_latency_leaves_out_each_streams_first_second() -> None:
     # two streams starting 0.5 s apart; each one's labels before its own first + 1 s are
-    # start-up (a 150 ms first request, then a backlog draining)
+    # start-up (a 150 ms first request, then a backlog draining); the last label of each
+    # (shot at 11.967 and 12.99) is the end, apart
     labels = [("a", 10.0, 150.0), ("a", 10.4, 60.0), ("b", 10.5, 170.0), ("a", 10.99, 45.0),
-              ("a", 11.0, 30.0), ("b", 11.2, 40.0), ("b", 11.5, 31.0), ("a", 12.0, 33.0)]
-    steady, worst = steady_latency(labels)
-    assert steady == [30.0, 31.0, 33.0] and worst == 170.0
-    assert steady_latency(labels, warmup_s=0.0) == ([v for _, _, v in labels], None)
-    assert steady_latency([]) == ([], None)
+              ("a", 11.0, 30.0), ("b", 11.2, 40.0), ("b", 11.5, 31.0), ("a", 12.0, 33.0),
+              ("b", 13.0, 10.0)]
+    got = steady_latency(labels)
+    assert got.latencies == [30.0, 31.0] and got.warmup_ms == 170.0 and got.end_ms == 33.0
+    no_warmup = steady_latency(labels, warmup_s=0.0)
+    assert no_warmup.latencies == [v for _, _, v in labels[:7]] and no_warmup.warmup_ms is None
+    assert steady_latency([]) == Steady([], None, None)
+
+
+def test_the_sources_end_is_left_out_from_the_first_streams_last_frame_on() -> None:
+    # Four streams end together (run P's shape): each one's last frame waits for the one
+    # worker behind the others', 195-485 ms; frames shot before the first of those last
+    # frames (shot at 21.84) are steady, whatever their latency. Oracle: by hand.
+    steady_rows = [(s, 5.0 + i * 0.3, 100.0 + i) for i in range(30)
+                   for s in ("b0", "b1", "b2", "b3")]
+    # shot at 21.80 (before the first end): steady although it arrives after it
+    late_but_steady = ("b0", 21.80 + 0.120, 120.0)
+    ends = [("b1", 21.84 + 0.195, 195.0), ("b2", 21.84 + 0.319, 319.0),
+            ("b3", 21.87 + 0.407, 407.0), ("b0", 21.92 + 0.485, 485.0)]
+    got = steady_latency([*steady_rows, late_but_steady, *ends], warmup_s=0.0)
+    assert sorted(got.latencies) == sorted([v for *_, v in steady_rows] + [120.0])
+    assert got.end_ms == 485.0 and max(got.latencies) == 129.0
 
 
 def test_labels_per_s_prefers_the_subscribers_arrivals_then_the_sinks_rate() -> None:
@@ -201,7 +220,7 @@ class FakeBackend:
                    "source 2.0, preprocess 1.0", "f32", "LATENCY" if live else "THROUGHPUT",
                    100.0 if live else None, 120.0 + 40.0 * k if live else None, per_stream,
                    {"capture": 0.5, "worker": 2.0, "sink": 0.25},
-                   warmup_ms=150.0 if live else None)
+                   warmup_ms=150.0 if live else None, end_ms=480.0 if live else None)
 
 
 def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
@@ -220,8 +239,9 @@ def test_report_ratios_on_a_fake_backend(tmp_path: Path) -> None:
     assert re.search(r"live, realtime file\s+11\.40 labels/s = 0\.95x raw LATENCY", text)
     # its yardstick: the mean of the 70 and 90 ms measured around it
     assert ("p50 100 ms = 1.25x, p99 160 ms = 2.00x the LATENCY median request (80.0 ms "
-            "around this run); each stream's first 1 s left out (start-up: worst 150 ms)"
-            ) in text
+            "around this run); each stream's first 1 s left out (start-up: worst 150 ms), "
+            "and the sources' end (their last frames, each waiting for a free request: "
+            "worst 480 ms)") in text
     # 4 cameras: 11 labels/s in all against the model's 12 (below the 100 fps sent), and
     # the mean of 90 and 110 ms
     assert re.search(r"4 live cameras\s+11\.00 labels/s in all = 0\.92x raw LATENCY", text)
@@ -364,8 +384,11 @@ def test_real_short_run(oracle_model: tuple[Path, Path], tmp_path: Path) -> None
                  "trivial IR, labels only", "trivial IR, with video"):
         assert _number(rf"  {re.escape(name)} +([\d.]+) labels/s", out) > 0
     assert _number(r"label latency p50 ([\d.]+) ms", out) > 0
-    # a live stream's first second is start-up, apart (2 s of frames: some are after it)
+    # a live stream's first second is start-up, apart (2 s of frames: some are after it),
+    # and so is its end (its last frame)
     assert _number(r"first 1 s left out \(start-up: worst ([\d.]+) ms\)", out) > 0
+    assert _number(r"the sources' end \(their last frames, each waiting for a free "
+                   r"request: worst ([\d.]+) ms\)", out) > 0
     assert _number(r"2 live cameras +([\d.]+) labels/s in all", out) > 0
     assert _number(r"max/min ([\d.]+)", out) >= 1.0
     assert _number(r"OpenCV decode-only ([\d.]+) frames/s", out) > 0

@@ -35,7 +35,10 @@ Measure, back to back on this machine and IR, and print as ratios:
                  lower (no pipeline labels more than the camera sends), and the label
                  latency p50/p99 a subscriber sees / the LATENCY median request latency
                  (steady state: each stream's first second, the model's first slow
-                 request and the frames behind it, is left out and its worst given apart)
+                 request and the frames behind it, is left out and its worst given apart;
+                 so is the clip's end, from the first stream's last frame on: a live
+                 source's last frame waits for a free request, several streams' last
+                 frames for one another)
   N cameras      N live sources at once (--cameras, default 4, of a 640x360 clip): labels/s
                  in all / raw LATENCY (or / the frames sent, when lower), max/min labels/s
                  per stream (1.00 = fair), latency p50/p99 / the LATENCY median request

@@ -290,13 +290,14 @@ def pipeline(name: str, clip: Path, model: str, workdir: Path, *, workers: int =
     labelled = sum(r.labelled for r in rows.values())
     frames = sum((r.captured if r.captured is not None else r.labelled + r.dropped)
                  for r in rows.values())
-    latency, warmup = steady_latency(listener.labels)
+    steady = steady_latency(listener.labels)
     return Run(name, labelled, frames, sum(per_stream.values()), cpu, stages,
                precision, resolved or hint,
-               percentile(latency, 50) if live else None,
-               percentile(latency, 99) if live else None,
+               percentile(steady.latencies, 50) if live else None,
+               percentile(steady.latencies, 99) if live else None,
                per_stream if sources > 1 else {}, startup,
-               warmup_ms=warmup if live else None)
+               warmup_ms=steady.warmup_ms if live else None,
+               end_ms=steady.end_ms if live else None)
 
 
 def _labels_per_s(row: Row, arrivals: Sequence[float]) -> float:
